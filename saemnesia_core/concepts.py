@@ -1,0 +1,245 @@
+"""Concept index: which SAE latents stand for which concept.
+
+Two ways to fill it:
+- SAeUron (unsupervised): per timestep, score every latent by how much more of its
+  (normalised) mean activation falls on prompts with the concept than on the rest, and keep
+  the latents above the tau-quantile of scores.
+- SAEmnesia (supervised): each concept owns one latent, assigned greedily by the same score
+  (objects first) and then tied to it by the supervised loss during training.
+
+Either way the index also keeps, per timestep and selected latent, the concept's mean
+activation and the mean over all prompts: the ablation target and its firing threshold.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import SAEError, UnknownConceptError
+
+KINDS = ("object", "style", "concept")
+MODES = ("neuron", "ablate", "replace")
+
+
+@dataclass
+class Selection:
+    """Latents chosen for one concept at one timestep bucket."""
+
+    latents: list[int]
+    scores: list[float]
+    concept_mean: list[float]  # mean activation on the concept's prompts
+    threshold: list[float]  # mean activation over all prompts ("fires" above this)
+
+    def to_json(self):
+        return {"latents": self.latents, "scores": _r(self.scores), "concept_mean": _r(self.concept_mean),
+                "threshold": _r(self.threshold)}
+
+    @classmethod
+    def from_json(cls, d):
+        n = len(d["latents"])
+        sel = cls([int(i) for i in d["latents"]], [float(v) for v in d.get("scores", [0.0] * n)],
+                  [float(v) for v in d.get("concept_mean", [0.0] * n)], [float(v) for v in d.get("threshold", [0.0] * n)])
+        if not (len(sel.scores) == len(sel.concept_mean) == len(sel.threshold) == n):
+            raise SAEError("concept index selection has lists of different lengths; re-create the SAE file")
+        return sel
+
+
+@dataclass
+class Concept:
+    name: str
+    kind: str = "concept"
+    latent: int | None = None  # the dedicated latent of a supervised (SAEmnesia) SAE
+    selections: list[Selection] = field(default_factory=list)  # one per timestep bucket
+    multiplier: float | None = None  # per-concept override of the index default
+
+    def to_json(self):
+        d = {"kind": self.kind, "selections": [s.to_json() for s in self.selections]}
+        if self.latent is not None:
+            d["latent"] = int(self.latent)
+        if self.multiplier is not None:
+            d["multiplier"] = float(self.multiplier)
+        return d
+
+
+@dataclass
+class ConceptIndex:
+    timesteps: list[float] = field(default_factory=list)  # model timesteps (0..999) of the buckets, descending
+    concepts: dict[str, Concept] = field(default_factory=dict)
+    default_mode: str = "ablate"
+    default_multiplier: float = -1.5
+
+    # --- lookup ---------------------------------------------------------------------
+    def names(self, kind: str | None = None) -> list[str]:
+        return [n for n, c in self.concepts.items() if kind is None or c.kind == kind]
+
+    def get(self, name: str) -> Concept:
+        key = name.strip().lower()
+        for n, c in self.concepts.items():
+            if n.lower() == key:
+                return c
+        known = ", ".join(sorted(self.concepts)) or "(none: this SAE has no concept index; train it with labelled prompts)"
+        raise UnknownConceptError(f"Unknown concept '{name.strip()}'. This SAE knows: {known}. "
+                                  "Pick one of these names, or use 'neuron:<index>' for a raw latent.")
+
+    def bucket(self, timestep: float) -> int:
+        """Nearest collected timestep bucket (works for any sampler schedule)."""
+        if len(self.timesteps) <= 1:
+            return 0
+        ts = self.timesteps
+        # timesteps are stored descending; search on the negated list
+        neg = [-t for t in ts]
+        i = bisect.bisect_left(neg, -timestep)
+        if i <= 0:
+            return 0
+        if i >= len(ts):
+            return len(ts) - 1
+        return i if abs(ts[i] - timestep) < abs(ts[i - 1] - timestep) else i - 1
+
+    @property
+    def supervised(self) -> bool:
+        return any(c.latent is not None for c in self.concepts.values())
+
+    def summary(self) -> str:
+        kinds = {}
+        for c in self.concepts.values():
+            kinds.setdefault(c.kind, []).append(c.name)
+        parts = [f"{k}s: {', '.join(v)}" for k, v in kinds.items()]
+        return "; ".join(parts) if parts else "no concepts"
+
+    # --- (de)serialisation ----------------------------------------------------------
+    def to_json(self):
+        return {"timesteps": _r(self.timesteps), "default_mode": self.default_mode,
+                "default_multiplier": self.default_multiplier,
+                "concepts": {n: c.to_json() for n, c in self.concepts.items()}}
+
+    @classmethod
+    def from_json(cls, d) -> "ConceptIndex":
+        if not isinstance(d, dict):
+            raise SAEError("concept index must be a JSON object; re-create the SAE file")
+        idx = cls(timesteps=[float(t) for t in d.get("timesteps", [])],
+                  default_mode=d.get("default_mode", "ablate"),
+                  default_multiplier=float(d.get("default_multiplier", -1.5)))
+        if idx.default_mode not in MODES:
+            raise SAEError(f"concept index default_mode '{idx.default_mode}' is not one of {MODES}")
+        for name, c in d.get("concepts", {}).items():
+            sels = [Selection.from_json(s) for s in c.get("selections", [])]
+            if sels and idx.timesteps and len(sels) != len(idx.timesteps):
+                raise SAEError(f"concept '{name}' has {len(sels)} timestep selections but the index has "
+                               f"{len(idx.timesteps)} timesteps; re-create the SAE file")
+            idx.concepts[name] = Concept(name, c.get("kind", "concept"),
+                                         None if c.get("latent") is None else int(c["latent"]), sels,
+                                         None if c.get("multiplier") is None else float(c["multiplier"]))
+        return idx
+
+    def validate(self, n_latents: int):
+        for c in self.concepts.values():
+            ids = [c.latent] if c.latent is not None else []
+            for s in c.selections:
+                ids += s.latents
+            bad = [i for i in ids if not 0 <= i < n_latents]
+            if bad:
+                raise SAEError(f"concept '{c.name}' names latent {bad[0]}, but the SAE has only "
+                               f"{n_latents} latents; the file's index does not belong to these weights")
+
+
+def _r(xs):
+    return [round(float(x), 6) for x in xs]
+
+
+# --- statistics --------------------------------------------------------------------
+class ConceptStats:
+    """Running sums of latent activations per (timestep bucket, concept), and over all tokens."""
+
+    def __init__(self, n_latents: int, concepts: dict[str, str], timesteps: list[float]):
+        self.concepts = dict(concepts)  # name -> kind
+        self.names = list(self.concepts)
+        self.timesteps = sorted((float(t) for t in timesteps), reverse=True)
+        nt, nc = max(1, len(self.timesteps)), len(self.names)
+        self.sums = torch.zeros(nt, nc, n_latents, dtype=torch.float64)
+        self.counts = torch.zeros(nt, nc, dtype=torch.float64)
+        self.all_sums = torch.zeros(nt, n_latents, dtype=torch.float64)
+        self.all_counts = torch.zeros(nt, dtype=torch.float64)
+        self._bucketer = ConceptIndex(timesteps=self.timesteps)
+
+    def add(self, values: torch.Tensor, indices: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor):
+        """values/indices: sparse code [T, k]; timesteps [T]; labels: multi-hot [T, n_concepts]."""
+        buckets = torch.tensor([self._bucketer.bucket(float(t)) for t in timesteps.tolist()], dtype=torch.long)
+        values = values.double()
+        for b in buckets.unique().tolist():
+            rows = buckets == b
+            v, i, lab = values[rows], indices[rows], labels[rows].double()
+            dense = torch.zeros(v.shape[0], self.sums.shape[-1], dtype=torch.float64).scatter_add_(1, i, v)
+            self.all_sums[b] += dense.sum(0)
+            self.all_counts[b] += v.shape[0]
+            self.sums[b] += lab.T @ dense
+            self.counts[b] += lab.sum(0)
+
+    def means(self):
+        mc = self.sums / self.counts.clamp_min(1).unsqueeze(-1)
+        rest_n = (self.all_counts.unsqueeze(-1) - self.counts).clamp_min(1)
+        mr = (self.all_sums.unsqueeze(1) - self.sums) / rest_n.unsqueeze(-1)
+        mall = self.all_sums / self.all_counts.clamp_min(1).unsqueeze(-1)
+        return mc, mr, mall
+
+    def scores(self) -> torch.Tensor:
+        """SAeUron score [buckets, concepts, latents]: normalised mean on concept minus on the rest."""
+        mc, mr, _ = self.means()
+        return mc / mc.sum(-1, keepdim=True).clamp_min(1e-12) - mr / mr.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+def select_unsupervised(stats: ConceptStats, quantile: float = 0.999, max_latents: int = 8,
+                        default_multiplier: float = -10.0) -> ConceptIndex:
+    """SAeUron selection: per timestep, latents whose score is above the quantile (and > 0)."""
+    if stats.counts.sum() == 0:
+        raise SAEError("no labelled activations were collected; nothing to build a concept index from")
+    scores = stats.scores()
+    mc, _, mall = stats.means()
+    idx = ConceptIndex(timesteps=stats.timesteps, default_mode="ablate", default_multiplier=default_multiplier)
+    for ci, name in enumerate(stats.names):
+        sels = []
+        for b in range(scores.shape[0]):
+            s = scores[b, ci]
+            cut = torch.quantile(s.float(), quantile).item()
+            order = s.argsort(descending=True)[:max_latents]
+            chosen = [int(i) for i in order if s[i] > max(cut, 0.0)] or [int(order[0])]
+            sels.append(Selection(chosen, [float(s[i]) for i in chosen], [float(mc[b, ci, i]) for i in chosen],
+                                  [float(mall[b, i]) for i in chosen]))
+        idx.concepts[name] = Concept(name, stats.concepts[name], None, sels)
+    return idx
+
+
+def assign_latents(scores: torch.Tensor, names: list[str], kinds: dict[str, str],
+                   exclude: set[int] | None = None) -> dict[str, int]:
+    """SAEmnesia assignment: one distinct latent per concept, greedily by mean score over
+    timesteps, objects first, then styles, then free labels; within a kind, the concept
+    with the strongest claim picks first."""
+    mean_score = scores.mean(0) if scores.dim() == 3 else scores  # [concepts, latents]
+    taken = set(exclude or ())
+    out = {}
+    for kind in KINDS:
+        members = [i for i, n in enumerate(names) if kinds[n] == kind]
+        members.sort(key=lambda i: -float(mean_score[i].max()))
+        for ci in members:
+            s = mean_score[ci].clone()
+            if taken:
+                s[list(taken)] = float("-inf")
+            best = int(s.argmax())
+            out[names[ci]] = best
+            taken.add(best)
+    return out
+
+
+def supervised_index(stats: ConceptStats, assignment: dict[str, int], default_multiplier: float = -1.5) -> ConceptIndex:
+    """Index of a supervised SAE: each concept's own latent, with per-timestep means for
+    the firing threshold (used by replace mode to find where the concept is)."""
+    scores = stats.scores()
+    mc, _, mall = stats.means()
+    idx = ConceptIndex(timesteps=stats.timesteps, default_mode="neuron", default_multiplier=default_multiplier)
+    for ci, name in enumerate(stats.names):
+        i = assignment[name]
+        sels = [Selection([i], [float(scores[b, ci, i])], [float(mc[b, ci, i])], [float(mall[b, i])])
+                for b in range(scores.shape[0])]
+        idx.concepts[name] = Concept(name, stats.concepts[name], i, sels)
+    return idx

@@ -1,0 +1,137 @@
+"""Erasure applied to a block's output: concept names + mode -> edits of a feature map.
+
+Model-agnostic: the caller (the ComfyUI adapter, a diffusers hook, a test) hands in the
+block output [B, C, H, W] (or [B, N, C]), the current model timestep (0..999), and which
+batch rows to edit. Everything that depends only on the settings is prepared once here,
+so the sampling hot path does only the mode's own work.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from . import erasure
+from .concepts import MODES, ConceptIndex
+from .errors import SAEError
+from .sae import TopKSAE
+
+_NEURON = re.compile(r"^\s*(?:neuron\s*[:#]?|#)\s*(\d+)\s*$", re.IGNORECASE)
+
+
+def parse_concepts(text: str | list[str]) -> list[str]:
+    """'cat, sketch\\nneuron:12' -> ['cat', 'sketch', 'neuron:12']; blank entries dropped."""
+    items = text if isinstance(text, list) else re.split(r"[,\n;]", text)
+    return [s.strip() for s in items if s and s.strip()]
+
+
+def raw_neuron(spec: str) -> int | None:
+    m = _NEURON.match(spec)
+    return int(m.group(1)) if m else None
+
+
+class ConceptEraser:
+    """Callable that erases the given concepts from one block's output."""
+
+    def __init__(self, sae: TopKSAE, index: ConceptIndex, concepts: list[str], mode: str = "auto",
+                 strength: float = 1.0, multiplier: float | None = None, seed: int = 0):
+        if mode == "auto":
+            mode = index.default_mode
+        if mode not in MODES:
+            raise SAEError(f"Unknown erase mode '{mode}'. Use one of: auto, {', '.join(MODES)}.")
+        self.sae = sae
+        self.mode, self.strength, self.seed = mode, float(strength), int(seed)
+        self.concepts = list(concepts)
+        n_buckets = max(1, len(index.timesteps))
+        self.index = index
+        self.targets = [self._target(index, b, multiplier) for b in range(n_buckets)]
+        self._device_targets: dict = {}
+        self._sae_cache: dict = {}
+
+    def _target(self, index: ConceptIndex, bucket: int, multiplier: float | None) -> erasure.ErasureTarget:
+        chosen: dict[int, tuple[float, float, float]] = {}
+        for spec in self.concepts:
+            n = raw_neuron(spec)
+            if n is not None:
+                if not 0 <= n < self.sae.n_latents:
+                    raise SAEError(f"'{spec}': this SAE has latents 0..{self.sae.n_latents - 1}. Pick an index in that range.")
+                m = multiplier if multiplier is not None else index.default_multiplier
+                chosen.setdefault(n, (0.0, 1.0, m))
+                continue
+            c = index.get(spec)
+            m = multiplier if multiplier is not None else (c.multiplier if c.multiplier is not None else index.default_multiplier)
+            if self.mode == "neuron" and c.latent is not None:
+                sel = c.selections[bucket] if c.selections else None
+                thr = sel.threshold[0] if sel else 0.0
+                mean = sel.concept_mean[0] if sel else 1.0
+                chosen.setdefault(c.latent, (thr, mean, m))
+                continue
+            if not c.selections:
+                raise SAEError(f"Concept '{c.name}' has no latent selection in this SAE's index; "
+                               "rebuild the index (Train SAE from Prompts) or use neuron:<index>.")
+            sel = c.selections[min(bucket, len(c.selections) - 1)]
+            for i, thr, mean in zip(sel.latents, sel.threshold, sel.concept_mean):
+                chosen.setdefault(i, (thr, mean, m))
+        ids = list(chosen)
+        vals = torch.tensor([chosen[i] for i in ids], dtype=torch.float32).view(-1, 3)
+        return erasure.ErasureTarget(torch.tensor(ids, dtype=torch.long), vals[:, 0], vals[:, 1], vals[:, 2])
+
+    # --- device handling ----------------------------------------------------------------
+    def sae_on(self, device, dtype) -> TopKSAE:
+        key = (str(device), dtype)
+        if key not in self._sae_cache:
+            self._sae_cache.clear()  # keep one copy: the model lives on one device at a time
+            self._sae_cache[key] = self.sae if (self.sae.W_dec.device == torch.device(device) and self.sae.W_dec.dtype == dtype) \
+                else _copy_sae(self.sae, device, dtype)
+        return self._sae_cache[key]
+
+    def target_on(self, bucket: int, device) -> erasure.ErasureTarget:
+        key = (bucket, str(device))
+        if key not in self._device_targets:
+            self._device_targets[key] = self.targets[bucket].to(device)
+        return self._device_targets[key]
+
+    # --- the edit -------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, h: torch.Tensor, timestep: float, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """h: [B, C, H, W] (or [B, N, C]); rows: bool [B] of maps to edit (None = all)."""
+        if self.strength == 0 or not self.concepts:
+            return h
+        spatial = h.dim() == 4
+        if spatial:
+            b, c, hh, ww = h.shape
+            tokens = h.permute(0, 2, 3, 1).reshape(b, hh * ww, c)
+        else:
+            tokens = h
+            b, _, c = h.shape
+        if c != self.sae.d_in:
+            raise SAEError(f"block output has {c} channels but the SAE expects {self.sae.d_in}; "
+                           "use an SAE trained on this block of this model")
+        sel = torch.arange(b, device=h.device) if rows is None else torch.nonzero(rows.to(h.device), as_tuple=True)[0]
+        if sel.numel() == 0:
+            return h
+        bucket = self.index.bucket(float(timestep))
+        target = self.target_on(bucket, h.device)
+        sae = self.sae_on(h.device, h.dtype)
+        x = tokens[sel]
+        if self.mode == "replace":
+            gen = torch.Generator().manual_seed(self.seed * 1000003 + bucket)
+            edited = erasure.replace(x, sae, target, self.strength, gen)
+        else:
+            fn = erasure.ablate if self.mode == "ablate" else erasure.scale_neurons
+            n = x.shape[1]
+            edited = fn(x.reshape(-1, c), sae, target, self.strength).view(-1, n, c)
+        out_tokens = tokens.clone()
+        out_tokens[sel] = edited
+        if spatial:
+            return out_tokens.view(b, hh, ww, c).permute(0, 3, 1, 2).contiguous(memory_format=_memory_format(h))
+        return out_tokens
+
+
+def _memory_format(h):
+    return torch.channels_last if h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous() else torch.contiguous_format
+
+
+def _copy_sae(sae: TopKSAE, device, dtype) -> TopKSAE:
+    ts = [getattr(sae, n).detach().to(device=device, dtype=dtype) for n in ("W_enc", "b_enc", "W_dec", "b_dec")]
+    return TopKSAE.from_tensors(*ts, k=sae.k)

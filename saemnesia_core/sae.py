@@ -1,0 +1,138 @@
+"""TopK sparse autoencoder (SAeUron / OpenAI TopK recipe).
+
+pre = ReLU(W_enc (x - b_dec) + b_enc); keep the k largest; x_hat = z W_dec + b_dec.
+Decoder rows are kept at unit norm. Inference keeps the top k per token; training can
+use BatchTopK (top k*batch over the whole batch), which lets busy tokens use more latents.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class SparseCode:
+    """Top-k latents per token: values and latent indices, both [tokens, k]."""
+
+    values: torch.Tensor
+    indices: torch.Tensor
+
+
+class TopKSAE(nn.Module):
+    def __init__(self, d_in: int, n_latents: int, k: int, dtype=torch.float32, device=None):
+        super().__init__()
+        if not (0 < k <= n_latents):
+            raise ValueError(f"k must be in 1..n_latents ({n_latents}), got {k}")
+        self.d_in, self.n_latents, self.k = int(d_in), int(n_latents), int(k)
+        self.W_enc = nn.Parameter(torch.empty(n_latents, d_in, dtype=dtype, device=device))
+        self.b_enc = nn.Parameter(torch.zeros(n_latents, dtype=dtype, device=device))
+        self.W_dec = nn.Parameter(torch.empty(n_latents, d_in, dtype=dtype, device=device))
+        self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype, device=device))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None):
+        w = torch.randn(self.n_latents, self.d_in, generator=generator, dtype=torch.float32)
+        w = w / w.norm(dim=1, keepdim=True)
+        self.W_dec.copy_(w.to(self.W_dec))
+        # Encoder starts as the decoder's transpose: every latent first reads its own direction.
+        self.W_enc.copy_(w.to(self.W_enc))
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+
+    @classmethod
+    def from_tensors(cls, W_enc, b_enc, W_dec, b_dec, k: int, trainable: bool = False) -> "TopKSAE":
+        """Wrap existing weights (no random init, no copy when they already fit)."""
+        sae = cls.__new__(cls)
+        nn.Module.__init__(sae)
+        sae.n_latents, sae.d_in = W_dec.shape
+        sae.k = int(k)
+        for name, t in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
+            setattr(sae, name, nn.Parameter(t, requires_grad=trainable))
+        return sae
+
+    # --- encoding -------------------------------------------------------------------
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """ReLU pre-activations of all latents, [tokens, n_latents]."""
+        return F.relu(self.pre_logits(x))
+
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Affine encoder output before the ReLU (the supervised loss reads these as logits)."""
+        return F.linear(x - self.b_dec, self.W_enc, self.b_enc)
+
+    def encode(self, x: torch.Tensor) -> SparseCode:
+        """Per-token TopK (inference)."""
+        values, indices = self.pre_activations(x).topk(self.k, dim=-1, sorted=False)
+        return SparseCode(values, indices)
+
+    def dense(self, code: SparseCode) -> torch.Tensor:
+        """Scatter a sparse code into a dense [tokens, n_latents] matrix."""
+        z = code.values.new_zeros(code.values.shape[0], self.n_latents)
+        return z.scatter_(1, code.indices, code.values)
+
+    def latent_activations(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """Activations of chosen latents under per-token TopK, [tokens, len(latents)].
+
+        A latent outside a token's top k is 0 there, exactly as in `encode`.
+        """
+        code = self.encode(x)
+        hit = code.indices.unsqueeze(-1) == latents.view(1, 1, -1)  # [T, k, L]
+        return (code.values.unsqueeze(-1) * hit).sum(1)
+
+    # --- decoding -------------------------------------------------------------------
+    def decode(self, code: SparseCode) -> torch.Tensor:
+        # Only the k active rows are read per token: cost T*k*d, not T*n*d.
+        out = F.embedding_bag(code.indices, self.W_dec, per_sample_weights=code.values, mode="sum")
+        return out + self.b_dec
+
+    def decode_dense(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction x_hat (no error term)."""
+        return self.decode(self.encode(x))
+
+    def reconstruction_error(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self(x)
+
+    # --- training helpers -----------------------------------------------------------
+    def batch_topk(self, x: torch.Tensor) -> torch.Tensor:
+        """BatchTopK: keep the k*batch largest activations over the whole batch; dense z."""
+        pre = self.pre_activations(x)
+        n_keep = min(self.k * x.shape[0], pre.numel())
+        flat = pre.flatten()
+        vals, idx = flat.topk(n_keep, sorted=False)
+        z = torch.zeros_like(flat).scatter_(0, idx, vals)
+        return z.view_as(pre)
+
+    @torch.no_grad()
+    def normalize_decoder(self):
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self):
+        """Drop the gradient component along each (unit) decoder row, so Adam steps
+        do not fight the renormalisation."""
+        if self.W_dec.grad is None:
+            return
+        parallel = (self.W_dec.grad * self.W_dec).sum(1, keepdim=True)
+        self.W_dec.grad.sub_(parallel * self.W_dec)
+
+    def extra_repr(self):
+        return f"d_in={self.d_in}, n_latents={self.n_latents}, k={self.k}"
+
+
+def geometric_median(points: torch.Tensor, iters: int = 50, eps: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld iteration; the SAeUron/OpenAI recipe initialises b_dec with it."""
+    y = points.mean(0)
+    for _ in range(iters):
+        d = (points - y).norm(dim=1).clamp_min(eps)
+        w = 1.0 / d
+        y_new = (points * w.unsqueeze(1)).sum(0) / w.sum()
+        if (y_new - y).norm() < eps * (1 + y.norm()):
+            return y_new
+        y = y_new
+    return y

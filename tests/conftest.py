@@ -1,0 +1,32 @@
+import os
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    import comfy_env
+    comfy_env.import_comfy()
+    import comfy.sd
+    return comfy
+
+
+@pytest.fixture(scope="session")
+def sd15(comfy):
+    """(MODEL, CLIP, VAE) of an SD1.5-shaped random checkpoint, loaded by ComfyUI."""
+    import comfy_env
+    import comfy.sd
+    path = comfy_env.sd15_random_checkpoint()
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True)
+    return model, clip, vae
+
+
+@pytest.fixture(scope="session")
+def pack(comfy):
+    import comfy_env
+    return comfy_env.import_pack()

@@ -1,0 +1,27 @@
+import pytest
+
+from saemnesia_core import SAEError
+from saemnesia_core.prompts import assemble_prompts, build_prompts, concept_kinds, parse_labelled_lines
+
+
+def test_templates_cross_objects_and_styles_with_labels():
+    ps = build_prompts(["cat", "dog"], ["ink"], ["a {object} in {style} style", "a photo of a {object}", "{style} art"])
+    assert [p.text for p in ps] == ["a cat in ink style", "a dog in ink style", "a photo of a cat",
+                                    "a photo of a dog", "ink art"]
+    assert ps[0].labels == {"cat": "object", "ink": "style"} and ps[4].labels == {"ink": "style"}
+
+
+def test_labelled_lines_with_kinds_comments_and_unlabelled():
+    ps = parse_labelled_lines("cat: a cat on a sofa\nstyle/ink: a house, ink drawing  # ink\n\n a plain street\n# x")
+    assert [(p.text, p.labels) for p in ps] == [("a cat on a sofa", {"cat": "concept"}),
+                                                ("a house, ink drawing", {"ink": "style"}),
+                                                ("a plain street", {})]
+
+
+def test_empty_and_conflicting_inputs_are_refused():
+    with pytest.raises(SAEError, match="empty"):
+        assemble_prompts("", "", "a {object}", "  \n# only a comment")
+    with pytest.raises(SAEError, match="placeholder"):
+        build_prompts(["cat"], [], ["a photo"])
+    with pytest.raises(SAEError, match="both"):
+        concept_kinds(parse_labelled_lines("object/ink: a\nstyle/ink: b"))
