@@ -32,19 +32,34 @@ class ErasureTarget:
     def __len__(self):
         return int(self.latents.numel())
 
-
-def _matches(code_indices: torch.Tensor, target: ErasureTarget) -> torch.Tensor:
-    """[T, k, L] bool: slot j of token t holds target latent l."""
-    return code_indices.unsqueeze(-1) == target.latents.view(1, 1, -1)
+    def with_threshold(self, value: float) -> "ErasureTarget":
+        return ErasureTarget(self.latents, torch.full_like(self.threshold, value), self.concept_mean, self.multiplier)
 
 
-def _apply_value_change(x: torch.Tensor, sae: TopKSAE, indices: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """x + decode(z + delta) - decode(z), computed only on the rows where delta is non-zero."""
-    rows = (delta != 0).any(-1).nonzero(as_tuple=True)[0]
+def selected_activations(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activations of the target latents under per-token TopK, computed sparsely.
+
+    Returns (rows, acts): the token rows where some target latent can fire (its ReLU
+    pre-activation is above its threshold), and [len(rows), L] activations there, 0 where
+    the latent is not among the token's top k. Only those rows pay for the full encode
+    that decides top-k membership: on the rest the result is 0 by construction.
+    """
+    W = sae.W_enc[target.latents]
+    pre = F.relu(F.linear(x - sae.b_dec, W, sae.b_enc[target.latents]))  # [T, L]
+    thr = target.threshold.to(pre.dtype).clamp_min(0).view(1, -1)
+    rows = (pre > thr).any(1).nonzero(as_tuple=True)[0]
+    if rows.numel() == 0:
+        return rows, pre.new_zeros(0, len(target))
+    kth = sae.pre_activations(x[rows]).topk(sae.k, dim=-1).values[:, -1:]
+    cand = pre[rows]
+    return rows, cand * (cand >= kth)
+
+
+def _apply_delta(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget, rows: torch.Tensor, delta: torch.Tensor):
+    """x + (change of the target latents' values) @ W_dec: decode(z') - decode(z), on `rows` only."""
     out = x.clone()
     if rows.numel():
-        change = F.embedding_bag(indices[rows], sae.W_dec, per_sample_weights=delta[rows].to(sae.W_dec.dtype), mode="sum")
-        out[rows] += change.to(x.dtype)
+        out[rows] += (delta.to(sae.W_dec.dtype) @ sae.W_dec[target.latents]).to(x.dtype)
     return out
 
 
@@ -53,32 +68,32 @@ def ablate(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget, strength: float
     multiplier * (its mean activation on the concept); strength blends from 0 (no change) to 1."""
     if len(target) == 0 or strength == 0:
         return x
-    code = sae.encode(x)
-    m = _matches(code.indices, target)
-    fires = m & (code.values.unsqueeze(-1) > target.threshold.view(1, 1, -1))
-    new_value = (target.multiplier * target.concept_mean).to(code.values.dtype)
-    delta = (fires * (new_value.view(1, 1, -1) - code.values.unsqueeze(-1))).sum(-1) * strength
-    return _apply_value_change(x, sae, code.indices, delta)
+    rows, acts = selected_activations(x, sae, target)
+    fires = acts > target.threshold.to(acts.dtype).view(1, -1)
+    new_value = (target.multiplier * target.concept_mean).to(acts.dtype).view(1, -1)
+    return _apply_delta(x, sae, target, rows, fires * (new_value - acts) * strength)
 
 
 def scale_neurons(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget, strength: float = 1.0) -> torch.Tensor:
     """SAEmnesia: the concept's own latent, wherever it is active, times the multiplier."""
     if len(target) == 0 or strength == 0:
         return x
-    code = sae.encode(x)
-    m = _matches(code.indices, target) & (code.values.unsqueeze(-1) > 0)
-    factor = (target.multiplier - 1.0).to(code.values.dtype).view(1, 1, -1)
-    delta = (m * factor * code.values.unsqueeze(-1)).sum(-1) * strength
-    return _apply_value_change(x, sae, code.indices, delta)
+    rows, acts = selected_activations(x, sae, target.with_threshold(0.0))
+    factor = (target.multiplier - 1.0).to(acts.dtype).view(1, -1)
+    return _apply_delta(x, sae, target, rows, factor * acts * strength)
 
 
 def detect(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget) -> tuple[torch.Tensor, torch.Tensor]:
     """Where the concept is: (mask [T] bool, strength [T]) from the target latents' activations
     under per-token TopK, each compared with its firing threshold."""
-    code = sae.encode(x)
-    acts = (code.values.unsqueeze(-1) * _matches(code.indices, target)).sum(1)  # [T, L]
-    over = acts - target.threshold.to(acts.dtype).view(1, -1)
-    return (over > 0).any(-1), over.clamp_min(0).sum(-1)
+    mask = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    score = x.new_zeros(x.shape[0])
+    rows, acts = selected_activations(x, sae, target)
+    if rows.numel():
+        over = acts - target.threshold.to(acts.dtype).view(1, -1)
+        mask[rows] = (over > 0).any(-1)
+        score[rows] = over.clamp_min(0).sum(-1).to(score.dtype)
+    return mask, score
 
 
 def replace(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget, strength: float = 1.0,

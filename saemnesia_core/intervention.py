@@ -77,6 +77,23 @@ class ConceptEraser:
         return erasure.ErasureTarget(torch.tensor(ids, dtype=torch.long), vals[:, 0], vals[:, 1], vals[:, 2])
 
     # --- device handling ----------------------------------------------------------------
+    # ComfyUI moves model patches with `.to(device)` and `.to(dtype)` when it loads or
+    # offloads the model, so the SAE copy follows the model instead of being converted on
+    # the first sampling step (or kept on the GPU after the model left it).
+    def to(self, device_or_dtype):
+        current = next(iter(self._sae_cache.values()), self.sae)
+        device, dtype = current.W_dec.device, current.W_dec.dtype
+        if isinstance(device_or_dtype, torch.dtype):
+            dtype = device_or_dtype
+        else:
+            device = torch.device(device_or_dtype)
+        self.sae_on(device, dtype)
+        self._device_targets.clear()
+        return self
+
+    def __deepcopy__(self, memo):
+        return self  # ModelPatcher.clone deep-copies model_options; the eraser is immutable config
+
     def sae_on(self, device, dtype) -> TopKSAE:
         key = (str(device), dtype)
         if key not in self._sae_cache:

@@ -168,10 +168,13 @@ class Trainer:
         names = store.concept_names
         self.obj_cols = [i for i, n in enumerate(names) if store.concepts[n] == "object"]
         self.sty_cols = [i for i, n in enumerate(names) if store.concepts[n] == "style"]
-        self.per_epoch = store.batches_per_epoch(cfg.batch_size, shard_ids)
+        if cfg.batch_size % world_size:
+            raise SAEError(f"batch_size {cfg.batch_size} does not split evenly over {world_size} processes")
+        self.local_batch = cfg.batch_size // world_size  # batch_size is global: same optimisation at any scale
+        self.per_epoch = store.batches_per_epoch(self.local_batch, shard_ids)
         if self.per_epoch == 0:
             raise SAEError(f"only {store.n_tokens} activation vectors were collected, fewer than one batch of "
-                           f"{cfg.batch_size}; collect more (more prompts or steps) or lower the batch size")
+                           f"{self.local_batch}; collect more (more prompts or steps) or lower the batch size")
         self.resumed = self._resume()
 
     # --- checkpoints ------------------------------------------------------------------
@@ -225,9 +228,13 @@ class Trainer:
         return self.cfg.lr * max(0.0, (self.cfg.steps - step) / max(1, self.cfg.steps - decay_from))
 
     def _init_from_data(self):
-        first = next(self.store.batches(min(self.cfg.batch_size, 4096), self.cfg.seed, 0, self.shard_ids))[0]
+        first = next(self.store.batches(min(self.local_batch, 4096), self.cfg.seed, 0, self.shard_ids))[0]
         with torch.no_grad():
             self.sae.b_dec.copy_(geometric_median(first))
+        if self.world_size > 1:  # every rank starts from rank 0's weights
+            import torch.distributed as dist
+            for p in self.sae.parameters():
+                dist.broadcast(p.data, src=0)
 
     def _assign(self):
         stats = concept_statistics(self.sae, self.store, should_cancel=self.should_cancel)
@@ -235,7 +242,7 @@ class Trainer:
 
     def _batches(self):
         while True:
-            for batch in self.store.batches(self.cfg.batch_size, self.cfg.seed, self.state.epoch, self.shard_ids,
+            for batch in self.store.batches(self.local_batch, self.cfg.seed, self.state.epoch, self.shard_ids,
                                             skip=self.state.batch_in_epoch):
                 self.state.batch_in_epoch += 1  # counted before use: a checkpoint never replays a batch
                 yield batch

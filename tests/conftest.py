@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 @pytest.fixture(scope="session")
 def comfy():
-    import comfy_env
+    from tools import comfy_env
     comfy_env.import_comfy()
     import comfy.sd
     return comfy
@@ -19,7 +19,7 @@ def comfy():
 @pytest.fixture(scope="session")
 def sd15(comfy):
     """(MODEL, CLIP, VAE) of an SD1.5-shaped random checkpoint, loaded by ComfyUI."""
-    import comfy_env
+    from tools import comfy_env
     import comfy.sd
     path = comfy_env.sd15_random_checkpoint()
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True)
@@ -28,5 +28,5 @@ def sd15(comfy):
 
 @pytest.fixture(scope="session")
 def pack(comfy):
-    import comfy_env
+    from tools import comfy_env
     return comfy_env.import_pack()

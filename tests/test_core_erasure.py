@@ -133,3 +133,16 @@ def test_eraser_modes_and_raw_neurons():
 def test_parse_concepts():
     assert parse_concepts("cat, Van Gogh\n neuron:12;;") == ["cat", "Van Gogh", "neuron:12"]
     assert parse_concepts("  ") == []
+
+
+def test_eraser_follows_to_calls_and_survives_deepcopy():
+    import copy
+    sae, L, x = firing_setup()
+    er = ConceptEraser(sae, _index(L), ["thing"], mode="neuron")
+    assert er.to(torch.float64) is er  # ComfyUI calls .to(dtype) and .to(device) on model patches
+    copy_ = next(iter(er._sae_cache.values()))
+    assert copy_.W_dec.dtype == torch.float64 and copy_ is not sae
+    assert copy.deepcopy({"p": [er]})["p"][0] is er  # ModelPatcher.clone deep-copies model_options
+    h = x.double().unsqueeze(0)
+    out = er(h, 900.0)
+    assert out.dtype == torch.float64 and not torch.equal(out, h)

@@ -1,0 +1,57 @@
+from comfy_api.latest import io
+
+from saemnesia_core import ConceptEraser, parse_concepts
+
+from . import model_patch
+from .sae_type import CATEGORY, PREFIX, SAE
+
+MODES = ["auto", "neuron", "ablate", "replace"]
+HALVES = ["both", "cond only"]
+
+
+class EraseConcepts(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=f"{PREFIX}EraseConcepts",
+            display_name="Erase Concepts",
+            category=CATEGORY,
+            description="Erase concepts (objects, styles) from the model with an SAE on one transformer block. "
+                        "Returns a patched copy; the input model is untouched.",
+            inputs=[
+                io.Model.Input("model"),
+                SAE.Input("sae"),
+                io.String.Input("concepts", default="", tooltip="Concept names from the SAE's index, comma separated; "
+                                "'neuron:123' for a raw latent."),
+                io.Combo.Input("mode", options=MODES, default="auto",
+                               tooltip="neuron: SAEmnesia, scale the concept's own latent. ablate: SAeUron, push the "
+                                       "selected latents to a negative value where they fire. replace: PER, swap "
+                                       "detected positions for undetected ones of the same image. auto: the SAE's default."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05,
+                               tooltip="0 = no change, 1 = the method as published, >1 = stronger."),
+                io.Float.Input("multiplier", default=0.0, min=-100.0, max=100.0, step=0.1,
+                               tooltip="Latent multiplier for neuron/ablate; 0 = the SAE's per-concept default."),
+                io.Combo.Input("apply_to", options=HALVES, default="both",
+                               tooltip="Edit both CFG halves (as in the papers) or only the positive prompt."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def validate_inputs(cls, start_percent=0.0, end_percent=1.0, **_):
+        if start_percent > end_percent:
+            return f"start_percent ({start_percent}) is after end_percent ({end_percent}); swap them."
+        return True
+
+    @classmethod
+    def execute(cls, model, sae, concepts, mode, strength, multiplier, apply_to, start_percent, end_percent) -> io.NodeOutput:
+        names = parse_concepts(concepts)
+        if not names:
+            return io.NodeOutput(model)  # nothing to erase: pass the model through unchanged
+        model_patch.check_compatible(model, sae)
+        eraser = ConceptEraser(sae.sae, sae.index, names, mode=mode, strength=strength,
+                               multiplier=None if multiplier == 0 else multiplier)
+        patched = model_patch.erase_patch(model, sae, eraser, apply_to == "cond only", start_percent, end_percent)
+        return io.NodeOutput(patched)

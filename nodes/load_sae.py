@@ -1,0 +1,24 @@
+from comfy_api.latest import io
+
+from . import sae_folder
+from .sae_type import CATEGORY, PREFIX, SAE
+
+
+class LoadSAE(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=f"{PREFIX}LoadSAE",
+            display_name="Load SAE",
+            category=CATEGORY,
+            description="Load a sparse autoencoder (SAEmnesia .safetensors, or a SAeUron/sparsify sae.safetensors "
+                        "with its cfg.json) from the models/sae folder.",
+            inputs=[io.Combo.Input("sae_name", options=sae_folder.list_saes(),
+                                   tooltip="SAE files in models/sae (and paths set in extra_model_paths.yaml).")],
+            outputs=[SAE.Output(display_name="SAE"), io.String.Output(display_name="info")],
+        )
+
+    @classmethod
+    def execute(cls, sae_name) -> io.NodeOutput:
+        loaded = sae_folder.load(sae_name)
+        return io.NodeOutput(loaded, loaded.describe())

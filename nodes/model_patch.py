@@ -1,0 +1,157 @@
+"""The one place that knows ComfyUI's ModelPatcher.
+
+A transformer block's output has no built-in hook (output_block_patch misses blocks
+followed by an Upsample, e.g. output_blocks.5.1), so we replace the block's `forward` with
+an object patch. We wrap whatever `get_model_object` returns, so another pack's patch of
+the same block stays in the chain; object patches are applied when the clone is loaded
+and restored when it is unloaded, so the input MODEL is never changed.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Callable
+
+import torch
+
+from saemnesia_core import IncompatibleSAEError, LoadedSAE
+
+log = logging.getLogger("saemnesia")
+
+_BLOCK = re.compile(r"^(input_blocks\.\d+\.\d+|middle_block\.\d+|output_blocks\.\d+\.\d+)$")
+
+
+def diffusion_module(model, hook_point: str):
+    """The nn.Module at `hook_point` inside the diffusion model, or None."""
+    if not _BLOCK.match(hook_point or ""):
+        return None
+    try:
+        return model.get_model_object(f"diffusion_model.{hook_point}")
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return None
+
+
+def transformer_blocks(model) -> list[str]:
+    """Names of the model's cross-attention transformer blocks (the valid hook points)."""
+    dm = model.get_model_object("diffusion_model")
+    out = []
+    for name, mod in dm.named_modules():
+        if _BLOCK.match(name) and type(mod).__name__ in ("SpatialTransformer", "SpatialVideoTransformer"):
+            out.append(name)
+    return out
+
+
+def block_width(module) -> int | None:
+    for attr in ("in_channels",):
+        if isinstance(getattr(module, attr, None), int):
+            return int(getattr(module, attr))
+    proj = getattr(module, "proj_out", None)
+    return getattr(proj, "out_features", None) or getattr(proj, "out_channels", None)
+
+
+def check_compatible(model, loaded: LoadedSAE):
+    hook = loaded.info.hook_point
+    module = diffusion_module(model, hook)
+    if module is None:
+        blocks = ", ".join(transformer_blocks(model)) or "none"
+        raise IncompatibleSAEError(
+            f"This model has no transformer block '{hook}', which the SAE ({loaded.info.model_family}, d_in "
+            f"{loaded.sae.d_in}) was trained on. The model's blocks are: {blocks}. Use an SAE trained for this "
+            "model (or train one with 'Train SAE from Prompts').")
+    width = block_width(module)
+    if width is not None and width != loaded.sae.d_in:
+        raise IncompatibleSAEError(
+            f"The SAE expects {loaded.sae.d_in} channels at '{hook}', but this model's block '{hook}' has {width}. "
+            f"The SAE was made for another model family ({loaded.info.model_family}); use one trained on this model.")
+
+
+def _transformer_options(args, kwargs) -> dict:
+    if "transformer_options" in kwargs:
+        return kwargs["transformer_options"] or {}
+    return args[2] if len(args) > 2 and isinstance(args[2], dict) else {}
+
+
+def current_sigma(opts: dict) -> float | None:
+    sig = opts.get("sigmas")
+    return None if sig is None else float(torch.as_tensor(sig).max())
+
+
+def step_index(opts: dict, sigma: float | None) -> int | None:
+    """Index of the current sigma in the sampler's schedule (robust to cond/uncond being
+    batched or run apart, unlike counting calls)."""
+    sched = opts.get("sample_sigmas")
+    if sched is None or sigma is None:
+        return None
+    hit = torch.isclose(torch.as_tensor(sched, dtype=torch.float32).cpu(), torch.tensor(sigma, dtype=torch.float32),
+                        rtol=1e-4, atol=1e-6).nonzero()
+    return int(hit[0]) if hit.numel() else None
+
+
+def half_rows(opts: dict, batch: int, cond_only: bool) -> torch.Tensor | None:
+    """Bool mask of the batch rows to edit; None = all. The batch is len(cond_or_uncond)
+    equal chunks, 0 marking the positive (cond) prompt."""
+    if not cond_only:
+        return None
+    flags = opts.get("cond_or_uncond")
+    if not flags:
+        return None
+    per = batch // len(flags)
+    return torch.tensor([f == 0 for f in flags], dtype=torch.bool).repeat_interleave(per)
+
+
+SAE_PATCH_KEY = "saemnesia_sae"  # no UNet code reads this key; it only carries `.to()` targets
+BlockEdit = Callable[[torch.Tensor, dict], torch.Tensor]
+
+
+def patch_block_output(model, hook_point: str, edit: BlockEdit):
+    """Clone `model` and run `edit(block_output, info)` after the block at `hook_point`.
+
+    info: sigma, timestep (the model's 0..999), step (index in the schedule or None),
+    transformer_options. `edit` returns the (possibly) new output.
+    """
+    m = model.clone()
+    key = f"diffusion_model.{hook_point}.forward"
+    inner = m.get_model_object(key)
+    model_sampling = m.get_model_object("model_sampling")
+
+    def forward(*args, **kwargs):
+        out = inner(*args, **kwargs)
+        opts = _transformer_options(args, kwargs)
+        sigma = current_sigma(opts)
+        timestep = float(model_sampling.timestep(torch.tensor(sigma))) if sigma is not None else 0.0
+        return edit(out, {"sigma": sigma, "timestep": timestep, "step": step_index(opts, sigma),
+                          "transformer_options": opts})
+
+    m.add_object_patch(key, forward)
+    return m
+
+
+def erase_patch(model, loaded: LoadedSAE, eraser, cond_only: bool, start_percent: float, end_percent: float):
+    """Clone of `model` whose block at the SAE's hook point runs `eraser` within the window."""
+    check_compatible(model, loaded)
+    ms = model.get_model_object("model_sampling")
+    sigma_start, sigma_end = ms.percent_to_sigma(start_percent), ms.percent_to_sigma(end_percent)
+
+    def edit(h, info):
+        sigma = info["sigma"]
+        if sigma is None or not (sigma_end <= sigma <= sigma_start):
+            return h
+        return eraser(h, info["timestep"], half_rows(info["transformer_options"], h.shape[0], cond_only))
+
+    patched = patch_block_output(model, loaded.info.hook_point, edit)
+    # Listed as a model patch so ComfyUI's model management moves the SAE with the model
+    # (model_patches_to: device on load, model dtype, offload device on unload).
+    patches = patched.model_options["transformer_options"].setdefault("patches", {})
+    patches.setdefault(SAE_PATCH_KEY, []).append(eraser)
+    return patched
+
+
+def capture_patch(model, hook_point: str, sink: Callable[[torch.Tensor, dict], None], cond_only: bool = True):
+    """Clone of `model` that hands the block output (cond rows only, by default) to `sink`."""
+
+    def edit(h, info):
+        rows = half_rows(info["transformer_options"], h.shape[0], cond_only)
+        sink(h if rows is None else h[rows.to(h.device)], info)
+        return h
+
+    return patch_block_output(model, hook_point, edit)

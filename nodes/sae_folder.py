@@ -1,0 +1,85 @@
+"""The `sae` model folder: registration, safe name resolution, and a load cache."""
+from __future__ import annotations
+
+import os
+import re
+
+import folder_paths
+
+from saemnesia_core import LoadedSAE, SAEError, load_sae
+
+FOLDER = "sae"
+EXTENSIONS = {".safetensors"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,120}$")
+_cache: dict[str, tuple[float, LoadedSAE]] = {}
+
+
+def register():
+    """Add models/sae, keeping any paths extra_model_paths.yaml already gave it."""
+    default = os.path.join(folder_paths.models_dir, FOLDER)
+    if FOLDER in folder_paths.folder_names_and_paths:
+        paths, exts = folder_paths.folder_names_and_paths[FOLDER]
+        if default not in paths:
+            paths.append(default)
+        folder_paths.folder_names_and_paths[FOLDER] = (paths, set(exts) | EXTENSIONS)
+    else:
+        folder_paths.folder_names_and_paths[FOLDER] = ([default], set(EXTENSIONS))
+    os.makedirs(default, exist_ok=True)
+
+
+def folders() -> list[str]:
+    return folder_paths.get_folder_paths(FOLDER)
+
+
+def list_saes() -> list[str]:
+    return folder_paths.get_filename_list(FOLDER)
+
+
+def _inside(path: str, roots: list[str]) -> bool:
+    """Lexically inside one of the folders. Symlinked files are fine (users share model
+    folders that way); what is refused is a *name* that climbs out."""
+    p = os.path.abspath(path)
+    return any(os.path.commonpath([p, os.path.abspath(r)]) == os.path.abspath(r) for r in roots)
+
+
+def resolve(name: str) -> str:
+    """Full path of a listed SAE; refuses names that leave the sae folders."""
+    if not name or os.path.isabs(name) or ".." in re.split(r"[\\/]", name):
+        raise SAEError(f"'{name}' is not a file name inside the sae folder. Pick an SAE from the list.")
+    path = folder_paths.get_full_path(FOLDER, name)
+    if path is None or not _inside(path, folders()):
+        raise SAEError(f"SAE '{name}' was not found in the sae folder(s): {', '.join(folders())}. "
+                       "Put the file there and refresh (press R in the UI).")
+    return path
+
+
+def load(name: str) -> LoadedSAE:
+    path = resolve(name)
+    mtime = os.path.getmtime(path)
+    hit = _cache.get(path)
+    if hit and hit[0] == mtime:
+        return hit[1]
+    loaded = load_sae(path)
+    _cache[path] = (mtime, loaded)
+    return loaded
+
+
+def output_path(name: str, overwrite: bool) -> str:
+    """Where a new SAE named `name` is saved (first sae folder); no silent overwrite."""
+    stem = name.strip()
+    if stem.lower().endswith(".safetensors"):
+        stem = stem[: -len(".safetensors")]
+    if not _NAME.match(stem) or ".." in stem:
+        raise SAEError(f"'{name}' is not a valid SAE name: use letters, digits, spaces, '_', '-' or '.', "
+                       "with no folder separators (the file is saved in the sae folder).")
+    path = os.path.join(folders()[0], stem + ".safetensors")
+    if not _inside(path, folders()):
+        raise SAEError(f"'{name}' would be saved outside the sae folder; choose a plain name.")
+    if os.path.exists(path) and not overwrite:
+        raise SAEError(f"An SAE named '{stem}.safetensors' already exists in {folders()[0]}. Choose another "
+                       "name, or turn on 'overwrite' to replace it.")
+    return path
+
+
+def forget(path: str):
+    _cache.pop(path, None)

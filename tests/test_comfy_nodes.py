@@ -1,0 +1,127 @@
+"""The four nodes called as ComfyUI calls them, on the SD1.5-shaped random checkpoint."""
+import os
+
+import pytest
+import torch
+
+from test_comfy_integration import LATENT, env, block_outputs, make_loaded  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.comfy
+
+
+@pytest.fixture()
+def sae_dir(pack, tmp_path, monkeypatch):
+    import folder_paths
+    from saemnesia_pack.nodes import sae_folder
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "sae", ([str(tmp_path / "sae")], {".safetensors"}))
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
+    os.makedirs(tmp_path / "sae")
+    folder_paths.filename_list_cache.clear()
+    yield tmp_path / "sae"
+    folder_paths.filename_list_cache.clear()
+    sae_folder._cache.clear()
+
+
+def test_sae_folder_is_registered_keeping_configured_paths(pack):
+    import folder_paths
+    paths, exts = folder_paths.folder_names_and_paths["sae"]
+    assert os.path.join(folder_paths.models_dir, "sae") in paths and ".safetensors" in exts
+    from saemnesia_pack.nodes import sae_folder
+    folder_paths.folder_names_and_paths["sae"] = (["/somewhere/else"], {".safetensors"})
+    sae_folder.register()
+    assert folder_paths.folder_names_and_paths["sae"][0][0] == "/somewhere/else"
+    assert os.path.join(folder_paths.models_dir, "sae") in folder_paths.folder_names_and_paths["sae"][0]
+
+
+def test_load_sae_node_lists_and_loads_and_refuses_escapes(env, block_outputs, sae_dir):
+    from saemnesia_core import SAEError, SAEFileError, save_sae
+    from saemnesia_pack.nodes.load_sae import LoadSAE
+    loaded = make_loaded(block_outputs)
+    save_sae(str(sae_dir / "thing.safetensors"), loaded.sae, loaded.info)
+    (sae_dir / "broken.safetensors").write_bytes(b"\x00" * 20)
+    schema = LoadSAE.define_schema()
+    assert set(schema.inputs[0].options) == {"thing.safetensors", "broken.safetensors"}
+    out = LoadSAE.execute("thing.safetensors")
+    assert torch.equal(out.args[0].sae.W_dec, loaded.sae.W_dec)
+    assert "output_blocks.5.1" in out.args[1] and "thing" in out.args[1]
+    with pytest.raises(SAEFileError, match="broken.safetensors"):
+        LoadSAE.execute("broken.safetensors")
+    for bad in ("../thing.safetensors", "/etc/passwd", "sub/../../x.safetensors"):
+        with pytest.raises(SAEError, match="not a file name inside"):
+            LoadSAE.execute(bad)
+    with pytest.raises(SAEError, match="not found"):
+        LoadSAE.execute("missing.safetensors")
+
+
+def test_inspect_neuron_makes_a_heatmap_and_a_summary(env, block_outputs):
+    import comfy.sample
+    from saemnesia_core import SAEError
+    from saemnesia_pack.nodes.inspect_neuron import InspectNeuron
+    loaded = make_loaded(block_outputs)
+    top = loaded.index.get("thing").latent
+    lat = {"samples": torch.randn(LATENT)}
+    out = InspectNeuron.execute(env["model"], loaded, env["vae"], env["cond"], top, "", 1, 3, "normal", 0, latent=lat)
+    heat, text = out.args
+    assert heat.shape == (1, 64, 64, 3) and 0 <= float(heat.min()) and float(heat.max()) <= 1
+    assert f"Latent {top}" in text and "thing" in text
+    image = env["vae"].decode(lat["samples"])
+    out2 = InspectNeuron.execute(env["model"], loaded, env["vae"], env["cond"], -1, "THING", 1, 3, "normal", 0, image=image)
+    assert "Concept 'thing'" in out2.args[1] and out2.args[0].shape == image.shape
+    # a map where the neuron is silent shows the picture, not a heatmap
+    silent = InspectNeuron.execute(env["model"], loaded, env["vae"], env["cond"], (top + 1) % 2560, "", 1, 3, "normal",
+                                   0, image=image).args[0]
+    assert not torch.allclose(silent, out2.args[0])
+    with pytest.raises(SAEError, match="step 5"):
+        InspectNeuron.execute(env["model"], loaded, env["vae"], env["cond"], top, "", 5, 3, "normal", 0, latent=lat)
+    with pytest.raises(SAEError, match="0..2559"):
+        InspectNeuron.execute(env["model"], loaded, env["vae"], env["cond"], 99999, "", 1, 3, "normal", 0, latent=lat)
+    with pytest.raises(SAEError, match="Connect"):
+        InspectNeuron.execute(env["model"], loaded, env["vae"], env["cond"], top, "", 1, 3, "normal", 0)
+    del comfy
+
+
+TRAIN_ARGS = dict(objects="cat, dog", styles="ink", templates="a {object} in {style} style", labelled_prompts="",
+                  hook_point="auto", steps=3, cfg=5.0, sampler_name="euler", scheduler="normal", seeds_per_prompt=1,
+                  seed=0, expansion=1, k=8, train_steps=30, batch_size=32, learning_rate=1e-3, supervised=True)
+
+
+def train(env, name, overwrite=False, **kw):
+    from saemnesia_pack.nodes.train_sae import TrainSAEFromPrompts
+    lat = {"samples": torch.zeros(1, 4, 16, 16)}
+    return TrainSAEFromPrompts.execute(env["model"], env["clip"], lat, name, overwrite=overwrite, **{**TRAIN_ARGS, **kw})
+
+
+def test_train_node_trains_saves_resumes_and_refuses_overwrite(env, sae_dir, monkeypatch):
+    import comfy.model_management as mm
+    from saemnesia_core import SAEError, load_sae
+    # cancel in the middle of training: the run keeps its last checkpoint
+    calls = {"n": 0}
+    real = mm.processing_interrupted
+
+    def interrupt_later():
+        calls["n"] += 1
+        return calls["n"] > 12
+    monkeypatch.setattr(mm, "processing_interrupted", interrupt_later)
+    with pytest.raises(mm.InterruptProcessingException):
+        train(env, "mine")
+    run = sae_dir.parent / "output" / "saemnesia_runs" / "mine"
+    assert (run / "train" / "checkpoint.safetensors").exists() and not (sae_dir / "mine.safetensors").exists()
+    monkeypatch.setattr(mm, "processing_interrupted", real)
+
+    out = train(env, "mine")
+    loaded, report = out.args
+    assert (sae_dir / "mine.safetensors").exists() and "(resumed)" in report
+    again = load_sae(str(sae_dir / "mine.safetensors"))
+    assert again.info.hook_point == "output_blocks.4.1" and again.sae.n_latents == 1280 and again.sae.k == 8
+    assert set(again.index.names("object")) == {"cat", "dog"} and again.index.names("style") == ["ink"]
+    assert again.index.supervised and len(again.index.timesteps) == 3
+    assert again.info.training["stored_tokens"] == 2 * 3 * 16  # prompts x steps x positions (cond half only)
+    with pytest.raises(SAEError, match="already exists"):
+        train(env, "mine")
+    for bad in ("../escape", "a/b", ""):
+        with pytest.raises(SAEError, match="not a valid SAE name"):
+            train(env, bad)
+    with pytest.raises(SAEError, match="empty"):
+        train(env, "other", objects="", styles="", labelled_prompts="")
+    with pytest.raises(SAEError, match="no transformer block"):
+        train(env, "other", hook_point="output_blocks.40.1")

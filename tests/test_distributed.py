@@ -1,0 +1,38 @@
+"""Two-process CPU training under torchrun (gloo) matches the single-process run."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from saemnesia_core import load_sae
+from synthetic import write_store
+
+
+def _config(tmp, store_dir, name):
+    cfg = {"activations": store_dir, "work_dir": str(tmp / f"work-{name}"), "out": str(tmp / f"{name}.safetensors"),
+           "hook_point": "output_blocks.4.1",
+           "train": {"n_latents": 64, "k": 4, "batch_size": 64, "steps": 120, "lr": 5e-3, "dead_tokens": 2000,
+                     "seed": 1, "checkpoint_every": 1000}}
+    path = tmp / f"{name}.json"
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+def test_two_process_training_matches_single_process(tmp_path):
+    store_dir = str(tmp_path / "acts")
+    write_store(store_dir, shard_tokens=256)  # many shards: each rank reads its own
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    one = subprocess.run([sys.executable, "-m", "saemnesia_core.train_cli", "--config", _config(tmp_path, store_dir, "one")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "saemnesia_core.train_cli", "--config", _config(tmp_path, store_dir, "two")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    r1, r2 = (json.loads(p.stdout.strip().splitlines()[-1]) for p in (one, two))
+    assert r2["world_size"] == 2 and r2["tokens_seen"] == r1["tokens_seen"]  # batch_size is global
+    assert r1["fvu"] < 0.15 and abs(r1["fvu"] - r2["fvu"]) < 0.05, (r1, r2)
+    a, b = load_sae(str(tmp_path / "one.safetensors")), load_sae(str(tmp_path / "two.safetensors"))
+    assert set(a.index.names()) == set(b.index.names()) and b.index.supervised
