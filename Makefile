@@ -1,5 +1,5 @@
 PY := .venv/bin/python
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup browser-deps demo test test-fast bench clean
 
 setup:
 	bash scripts/provision.sh
@@ -8,13 +8,22 @@ setup:
 demo: setup
 	$(PY) scripts/demo.py $(DEMO_ARGS)
 
-# Everything: core unit tests, real-ComfyUI integration, end-to-end over HTTP.
-test: setup
+browser-deps:
+	bash scripts/browser_deps.sh
+
+# Everything: core unit tests, real-ComfyUI integration, end-to-end over HTTP, browser.
+test: setup browser-deps
 	$(PY) -m pytest -q -ra
 
 # Core only (no ComfyUI): seconds.
 test-fast: setup
 	$(PY) -m pytest -q -m "not comfy and not e2e"
+
+# Speed benchmarks (numbers go to benchmarks/results/*.json).
+bench: setup
+	$(PY) -m pip install -q -r requirements-bench.txt -c constraints.txt
+	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/training_throughput.py
 
 clean:
 	rm -rf .cache output test-artifacts

@@ -36,6 +36,7 @@ class InspectNeuron(io.ComfyNode):
                 io.Image.Input("image", optional=True, tooltip="...or as an image (encoded with the VAE)."),
             ],
             outputs=[io.Image.Output(display_name="heatmap"), io.String.Output(display_name="summary")],
+            is_output_node=True,  # runs (and shows its heatmap) even with nothing connected
         )
 
     @classmethod

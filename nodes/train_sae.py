@@ -130,7 +130,9 @@ class TrainSAEFromPrompts(io.ComfyNode):
                                 checkpoint_every=max(20, train_steps // 20))
         try:
             with torch.inference_mode(False), torch.enable_grad():
-                sae, index, record = train_sae(store, cfg_train, os.path.join(run_dir, "train"), progress, should_cancel)
+                # same settings: resume the last checkpoint; changed settings: a fresh run
+                sae, index, record = train_sae(store, cfg_train, os.path.join(run_dir, "train"), progress, should_cancel,
+                                               restart_on_mismatch=True)
         except TrainingCancelled:
             log.info("SAEmnesia: training cancelled; last checkpoint kept in %s", run_dir)
             raise comfy.model_management.InterruptProcessingException()

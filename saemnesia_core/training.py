@@ -30,6 +30,7 @@ from .activations import ActivationStore
 from .concepts import ConceptIndex, ConceptStats, assign_latents, select_unsupervised, supervised_index
 from .errors import SAEError, TrainingCancelled
 from .fileio import save_safetensors_atomic
+from . import sparse_ops
 from .sae import TopKSAE, geometric_median
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -85,15 +86,16 @@ Progress = Callable[[int, int, dict], None]
 
 
 def _sae_loss_terms(sae: TopKSAE, x: torch.Tensor, cfg: TrainConfig, dead: torch.Tensor):
-    pre = sae.pre_activations(x)
+    """FVU and AuxK of one batch. Returns (fired latents [n] bool, fvu, auxk)."""
+    xc = x - sae.b_dec
+    with torch.no_grad():
+        pre = F.relu(F.linear(xc, sae.W_enc, sae.b_enc))  # scores for the selection only
     if cfg.batch_topk:
-        n_keep = min(cfg.k * x.shape[0], pre.numel())
-        vals, idx = pre.flatten().topk(n_keep, sorted=False)
-        z = torch.zeros_like(pre).flatten().scatter_(0, idx, vals).view_as(pre)
+        rows, cols = sparse_ops.select(pre, k_total=cfg.k * x.shape[0])
     else:
-        vals, idx = pre.topk(cfg.k, dim=-1, sorted=False)
-        z = torch.zeros_like(pre).scatter_(1, idx, vals)
-    x_hat = sae.decode_dense(z)
+        rows, cols = sparse_ops.select(pre, k_per_row=cfg.k)
+    vals = sparse_ops.selected_values(xc, sae.W_enc, sae.b_enc, pre, rows, cols)
+    x_hat = sparse_ops.sparse_decode(rows, cols, vals, sae.W_dec, x.shape[0]) + sae.b_dec
     err = x - x_hat
     total_var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
     fvu = err.pow(2).sum() / total_var
@@ -101,13 +103,15 @@ def _sae_loss_terms(sae: TopKSAE, x: torch.Tensor, cfg: TrainConfig, dead: torch
     n_dead = int(dead.sum())
     if n_dead and cfg.aux_coef:
         k_aux = min(max(1, sae.d_in // 2), n_dead)
-        dead_pre = pre.masked_fill(~dead, 0.0)
-        av, ai = dead_pre.topk(k_aux, dim=-1, sorted=False)
-        e_hat = F.embedding_bag(ai, sae.W_dec, per_sample_weights=av, mode="sum")
-        e = err.detach()
-        aux = (e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
-        aux = torch.nan_to_num(aux, 0.0)
-    return z, fvu, aux
+        arows, acols = sparse_ops.select(pre, k_per_row=k_aux, mask=dead)
+        if arows.numel():
+            avals = sparse_ops.selected_values(xc, sae.W_enc, sae.b_enc, pre, arows, acols)
+            e_hat = sparse_ops.sparse_decode(arows, acols, avals, sae.W_dec, x.shape[0])
+            e = err.detach()
+            aux = (e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
+    fired = torch.zeros(sae.n_latents, dtype=torch.bool, device=x.device)
+    fired[cols] = True
+    return fired, fvu, aux
 
 
 def _supervised_terms(sae: TopKSAE, x, labels, assigned, obj_cols, sty_cols, cfg: TrainConfig):
@@ -149,11 +153,13 @@ def build_index(sae: TopKSAE, store: ActivationStore, cfg: TrainConfig, assignme
 class Trainer:
     def __init__(self, store: ActivationStore, cfg: TrainConfig, work_dir: str,
                  progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None,
-                 shard_ids: list[int] | None = None, rank: int = 0, world_size: int = 1):
+                 shard_ids: list[int] | None = None, rank: int = 0, world_size: int = 1,
+                 restart_on_mismatch: bool = False):
         self.store, self.cfg, self.work_dir = store, cfg, work_dir
         self.progress, self.should_cancel = progress, should_cancel
         self.rank, self.world_size = rank, world_size
         self.shard_ids = shard_ids
+        self.restart_on_mismatch = restart_on_mismatch
         os.makedirs(work_dir, exist_ok=True)
         torch.manual_seed(cfg.seed)
         d_in = store.d_in
@@ -204,6 +210,9 @@ class Trainer:
         from .checkpoint import read_safetensors_metadata
         meta = read_safetensors_metadata(path)
         if json.loads(meta.get("config", "{}")) != json.loads(json.dumps(self.cfg.identity())):
+            if self.restart_on_mismatch:  # the caller changed the settings on purpose: start over
+                os.remove(path)
+                return False
             raise SAEError(f"{path} was written with other training settings; delete the folder "
                            f"{self.work_dir} to start over, or use the same settings to resume.")
         t = load_file(path)
@@ -272,7 +281,7 @@ class Trainer:
             for g in self.opt.param_groups:
                 g["lr"] = self._lr_at(self.state.step)
             dead = self.since_fired > cfg.dead_tokens
-            z, fvu, aux = _sae_loss_terms(self.sae, x, cfg, dead)
+            fired, fvu, aux = _sae_loss_terms(self.sae, x, cfg, dead)
             loss = fvu + cfg.aux_coef * aux
             metrics = {}
             if self.state.assignment:
@@ -293,7 +302,6 @@ class Trainer:
             self.opt.step()
             self.sae.normalize_decoder()
             with torch.no_grad():
-                fired = (z > 0).any(0)
                 n_tok = x.shape[0] * self.world_size
                 self.since_fired += n_tok
                 self.since_fired[self._all_fired(fired)] = 0
@@ -362,9 +370,10 @@ def dead_fraction(sae: TopKSAE, store: ActivationStore, max_tokens: int = 200_00
 
 
 def train_sae(store: ActivationStore, cfg: TrainConfig, work_dir: str, progress: Progress | None = None,
-              should_cancel=None) -> tuple[TopKSAE, ConceptIndex, dict]:
-    """Train (or resume), then build the concept index. Returns (sae, index, training record)."""
-    trainer = Trainer(store, cfg, work_dir, progress, should_cancel)
+              should_cancel=None, restart_on_mismatch: bool = False) -> tuple[TopKSAE, ConceptIndex, dict]:
+    """Train (or resume, when the work folder holds a checkpoint of the same settings), then
+    build the concept index. Returns (sae, index, training record)."""
+    trainer = Trainer(store, cfg, work_dir, progress, should_cancel, restart_on_mismatch=restart_on_mismatch)
     sae = trainer.train()
     for p in sae.parameters():
         p.requires_grad_(False)

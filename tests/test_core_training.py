@@ -129,3 +129,9 @@ def test_divergence_keeps_the_last_good_checkpoint(store, tmp_path):
 def test_too_few_tokens_for_a_batch(store, tmp_path):
     with pytest.raises(SAEError, match="fewer than one batch"):
         Trainer(store, TrainConfig(steps=5, **{**CFG, "batch_size": 10 ** 6}), str(tmp_path))
+
+
+def test_changed_settings_can_restart_instead_of_failing(store, tmp_path):
+    Trainer(store, TrainConfig(steps=5, **CFG), str(tmp_path)).train()
+    t = Trainer(store, TrainConfig(steps=5, **{**CFG, "lr": 1e-3}), str(tmp_path), restart_on_mismatch=True)
+    assert not t.resumed and t.state.step == 0

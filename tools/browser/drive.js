@@ -1,0 +1,329 @@
+#!/usr/bin/env node
+// Drive the real ComfyUI frontend in headless Debian Chromium (never a downloaded browser).
+//
+//   node drive.js run     --url URL --workflow ui.json --out DIR [--concept NAME] [--timeout SEC]
+//       check the four help pages are served, load the UI-format workflow, check the Erase
+//       Concepts picker, pick NAME through the real combo menu, rewire the `sae` input (unplugged,
+//       from Train SAE, back to Load SAE), queue the prompt, wait for every SaveImage /
+//       PreviewImage / Inspect Neuron node to show its image and for the training curve, take
+//       screenshots. Prints one JSON object on stdout.
+//   node drive.js convert --url URL --workflow ui.json --ui-out saved.json --api-out api.json
+//       load a UI-format workflow and write what the frontend saves (UI format) and queues (API format).
+//
+// Exit code 0 = success; otherwise the JSON printed has "error".
+"use strict";
+
+const fs = require("fs");
+const os = require("os");
+const path = require("path");
+const { chromium } = require("playwright-core");
+
+const CHROMIUM = process.env.SAEMNESIA_CHROMIUM || "/usr/bin/chromium";
+const ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+function parseArgs(argv) {
+  const out = { _: [] };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a.startsWith("--")) out[a.slice(2)] = argv[i + 1]?.startsWith("--") || argv[i + 1] === undefined ? true : argv[++i];
+    else out._.push(a);
+  }
+  return out;
+}
+
+const LOG = []; // browser console errors/warnings, reported with the result or the error
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(page, fn, arg, { timeout = 60000, what = "condition", every = 250 } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  while (Date.now() < deadline) {
+    last = await page.evaluate(fn, arg);
+    if (last && last.ok) return last;
+    if (last && last.fail) throw new Error(`${what}: ${last.fail}`);
+    await sleep(every);
+  }
+  throw new Error(`timed out after ${timeout / 1000}s waiting for ${what}; last state: ${JSON.stringify(last)}`);
+}
+
+async function openComfy(context, url, log) {
+  const page = await context.newPage();
+  page.on("console", (m) => {
+    if (m.type() === "error" || m.type() === "warning") log.push(`${m.type()}: ${m.text()}`);
+  });
+  page.on("pageerror", (e) => log.push(`pageerror: ${e.message}`));
+  await page.goto(url, { waitUntil: "domcontentloaded", timeout: 120000 });
+  await waitFor(
+    page,
+    () => {
+      const app = window.comfyAPI?.app?.app;
+      if (!app?.graph || !app.canvas) return { ok: false, state: "no app yet" };
+      const names = (app.extensions ?? []).map((e) => e.name);
+      const types = window.LiteGraph?.registered_node_types ?? {};
+      const ready = names.includes("SAEmnesia.ui") && "SAEmnesiaEraseConcepts" in types && "KSampler" in types;
+      return ready ? { ok: true } : { ok: false, state: `extensions: ${names.length}, node types: ${Object.keys(types).length}` };
+    },
+    null,
+    { timeout: 120000, what: "the ComfyUI frontend with the SAEmnesia extension" }
+  );
+  await sleep(1500); // let the frontend finish restoring its start-up workflow before we load ours
+  return page;
+}
+
+async function loadWorkflow(page, workflow) {
+  await page.evaluate(async (wf) => {
+    const app = window.comfyAPI.app.app;
+    await app.loadGraphData(wf, true, true, null, { showMissingModelsDialog: false, showMissingNodesDialog: false });
+  }, workflow);
+}
+
+// state of every Erase Concepts node's picker
+function pickerState() {
+  const app = window.comfyAPI.app.app;
+  const nodes = app.graph.nodes.filter((n) => (n.comfyClass ?? n.type) === "SAEmnesiaEraseConcepts");
+  return nodes.map((n) => {
+    const picker = n.widgets.find((w) => w.name === "add concept");
+    return {
+      id: n.id,
+      values: picker ? [...picker.options.values] : null,
+      status: n.saemnesia?.status ?? null,
+      concepts: n.saemnesia?.concepts ?? null,
+      text: n.widgets.find((w) => w.name === "concepts")?.value,
+      error: n.saemnesia?.error ?? null,
+    };
+  });
+}
+
+// screen position (page CSS pixels) of the middle of a node's widget
+async function widgetPoint(page, nodeId, widgetName) {
+  return page.evaluate(
+    ({ nodeId, widgetName }) => {
+      const app = window.comfyAPI.app.app;
+      const node = app.graph.getNodeById(nodeId);
+      const w = node.widgets.find((x) => x.name === widgetName);
+      const rect = app.canvas.canvas.getBoundingClientRect();
+      const h = w.computedHeight ?? 20;
+      const [cx, cy] = app.canvas.ds.convertOffsetToCanvas([node.pos[0] + node.size[0] / 2, node.pos[1] + w.y + h / 2]);
+      return { x: rect.left + cx, y: rect.top + cy };
+    },
+    { nodeId, widgetName }
+  );
+}
+
+async function pickConcept(page, nodeId, concept) {
+  await page.evaluate(() => window.comfyAPI.app.app.canvas.setDirty(true, true));
+  await sleep(300);
+  const at = await widgetPoint(page, nodeId, "add concept");
+  await page.mouse.click(at.x, at.y);
+  const entry = page.locator(".litecontextmenu .litemenu-entry", { hasText: concept }).first();
+  await entry.waitFor({ state: "visible", timeout: 10000 });
+  const labels = await page.locator(".litecontextmenu .litemenu-entry").allInnerTexts();
+  return { entry, labels };
+}
+
+// Rewire the Erase node's `sae` input and record what its picker offers at each stage.
+async function rewire(page) {
+  const wiring = (how) =>
+    page.evaluate((how) => {
+      const app = window.comfyAPI.app.app;
+      const byClass = (c) => app.graph.nodes.find((n) => (n.comfyClass ?? n.type) === c);
+      const erase = byClass("SAEmnesiaEraseConcepts");
+      const slot = erase.inputs.findIndex((i) => i.name === "sae");
+      if (how === "unplug") erase.disconnectInput(slot);
+      else byClass(how === "train" ? "SAEmnesiaTrainSAEFromPrompts" : "SAEmnesiaLoadSAE").connect(0, erase, slot);
+      return erase.id;
+    }, how);
+  const settled = (id, prev) =>
+    waitFor(
+      page,
+      ({ id, prev }) => {
+        const n = window.comfyAPI.app.app.graph.getNodeById(id);
+        const s = { values: [...n.widgets.find((w) => w.name === "add concept").options.values], status: n.saemnesia.status };
+        return { ok: JSON.stringify(s) !== prev && !/loading/.test(s.status), ...s };
+      },
+      { id, prev },
+      { timeout: 15000, what: "the picker to follow the new wiring" }
+    );
+  const out = {};
+  let prev = "";
+  for (const how of ["unplug", "train", "load"]) {
+    const hasTrain = await page.evaluate(() =>
+      window.comfyAPI.app.app.graph.nodes.some((n) => (n.comfyClass ?? n.type) === "SAEmnesiaTrainSAEFromPrompts")
+    );
+    if (how === "train" && !hasTrain) continue;
+    const id = await wiring(how);
+    const s = await settled(id, prev);
+    out[how] = { values: s.values, status: s.status };
+    prev = JSON.stringify(out[how]);
+  }
+  return out;
+}
+
+async function run(opts) {
+  const log = LOG;
+  const workflow = JSON.parse(fs.readFileSync(opts.workflow, "utf8"));
+  const outDir = opts.out;
+  fs.mkdirSync(outDir, { recursive: true });
+  const timeout = Number(opts.timeout ?? 600) * 1000;
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), "saemnesia-chromium-"));
+  const result = { screenshots: [], log };
+  let context;
+  try {
+    context = await chromium.launchPersistentContext(profile, {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: ARGS,
+      viewport: { width: 1600, height: 1000 },
+    });
+    const page = await openComfy(context, opts.url, log);
+    await loadWorkflow(page, workflow);
+
+    // 0. the help pages resolve where the frontend looks for them (/extensions/<pack>/docs/<node>.md)
+    result.docs = await page.evaluate(async () => {
+      const api = window.comfyAPI.api.api;
+      const info = await (await api.fetchApi("/object_info")).json();
+      const out = {};
+      for (const [name, def] of Object.entries(info)) {
+        if (!name.startsWith("SAEmnesia")) continue;
+        const pack = def.python_module.split(".")[1];
+        const res = await fetch(api.fileURL(`/extensions/${pack}/docs/${name}.md`));
+        out[name] = { status: res.status, chars: (await res.text()).length };
+      }
+      return out;
+    });
+
+    // 1. the picker lists the SAE's concepts
+    const before = await waitFor(
+      page,
+      (need) => {
+        const app = window.comfyAPI.app.app;
+        const nodes = app.graph.nodes.filter((n) => (n.comfyClass ?? n.type) === "SAEmnesiaEraseConcepts");
+        if (!nodes.length) return { fail: "no Erase Concepts node in the workflow" };
+        const states = nodes.map((n) => ({ id: n.id, values: n.widgets.find((w) => w.name === "add concept")?.options.values ?? [], status: n.saemnesia?.status }));
+        return { ok: states.every((s) => !need || s.values.includes(need)), states };
+      },
+      opts.concept || null,
+      { timeout: 30000, what: "the concept picker to list the SAE's concepts" }
+    );
+    result.picker_before = await page.evaluate(pickerState);
+
+    // 2. pick a concept through the real combo menu
+    if (opts.concept) {
+      const nodeId = before.states[0].id;
+      const { entry, labels } = await pickConcept(page, nodeId, opts.concept);
+      result.menu_labels = labels;
+      const shot = path.join(outDir, "concept_picker.png");
+      await page.screenshot({ path: shot });
+      result.screenshots.push(shot);
+      await entry.click();
+      await sleep(200);
+      result.picker_after = await page.evaluate(pickerState);
+    }
+
+    // 3. the picker follows the wiring: unplugged, fed by a Train node, plugged back
+    result.rewire = await rewire(page);
+
+    // 4. queue and wait for the images on the nodes
+    await page.evaluate(() => {
+      window.__saemnesiaRun = { errors: [], train: [] };
+      const api = window.comfyAPI.api.api;
+      api.addEventListener("execution_error", ({ detail }) => window.__saemnesiaRun.errors.push(detail));
+      api.addEventListener("saemnesia.train", ({ detail }) => window.__saemnesiaRun.train.push(detail));
+    });
+    result.api_prompt = await page.evaluate(async () => (await window.comfyAPI.app.app.graphToPrompt()).output);
+    const started = Date.now();
+    await page.evaluate(() => window.comfyAPI.app.app.queuePrompt(0));
+    const done = await waitFor(
+      page,
+      () => {
+        const app = window.comfyAPI.app.app;
+        const run = window.__saemnesiaRun;
+        if (run.errors.length) return { fail: JSON.stringify(run.errors[0]).slice(0, 3000) };
+        const shown = app.graph.nodes
+          .filter((n) => ["SaveImage", "PreviewImage", "SAEmnesiaInspectNeuron"].includes(n.comfyClass ?? n.type))
+          .map((n) => ({
+            id: n.id,
+            type: n.comfyClass ?? n.type,
+            images: (n.imgs ?? []).filter((img) => img.complete && img.naturalWidth > 0).map((img) => ({ src: img.src, width: img.naturalWidth, height: img.naturalHeight })),
+          }));
+        const curves = app.graph.nodes
+          .filter((n) => n.saemnesiaCurve)
+          .map((n) => ({ id: n.id, points: n.saemnesiaCurve.points.length, total: n.saemnesiaCurve.total, message: n.saemnesiaCurve.message }));
+        const ok = shown.length > 0 && shown.every((s) => s.images.length > 0);
+        return { ok, shown, curves, train_events: run.train.length };
+      },
+      null,
+      { timeout, what: "the result images to appear on the nodes", every: 1000 }
+    );
+    result.seconds_to_images = (Date.now() - started) / 1000;
+    result.nodes_with_images = done.shown;
+    result.curves = done.curves;
+    result.train_events = done.train_events;
+
+    await page.evaluate(() => window.comfyAPI.app.app.canvas.setDirty(true, true));
+    await sleep(500);
+    const shot = path.join(outDir, "erase_workflow.png");
+    await page.screenshot({ path: shot });
+    result.screenshots.push(shot);
+    return result;
+  } finally {
+    if (context) await context.close().catch(() => {});
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+async function convert(opts) {
+  const log = LOG;
+  const workflow = JSON.parse(fs.readFileSync(opts.workflow, "utf8"));
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), "saemnesia-chromium-"));
+  let context;
+  try {
+    context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: ARGS, viewport: { width: 1600, height: 1000 } });
+    const page = await openComfy(context, opts.url, log);
+    await loadWorkflow(page, workflow);
+    await sleep(500);
+    const out = await page.evaluate(async () => {
+      const app = window.comfyAPI.app.app;
+      const p = await app.graphToPrompt();
+      return { ui: p.workflow, api: p.output };
+    });
+    if (opts["ui-out"]) fs.writeFileSync(opts["ui-out"], JSON.stringify(out.ui, null, 2) + "\n");
+    if (opts["api-out"]) fs.writeFileSync(opts["api-out"], JSON.stringify(out.api, null, 2) + "\n");
+    if (opts.out) {
+      fs.mkdirSync(opts.out, { recursive: true });
+      await page.screenshot({ path: path.join(opts.out, `${path.basename(opts.workflow, ".json")}.png`) });
+    }
+    return { ui: out.ui, api: out.api, log };
+  } finally {
+    if (context) await context.close().catch(() => {});
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+async function main() {
+  const opts = parseArgs(process.argv.slice(2));
+  const cmd = opts._[0];
+  if (!opts.url || !opts.workflow || !["run", "convert"].includes(cmd)) {
+    console.error("usage: node drive.js run|convert --url URL --workflow ui.json [--out DIR] [--concept NAME] [--ui-out F] [--api-out F]");
+    process.exit(2);
+  }
+  try {
+    const result = cmd === "run" ? await run(opts) : await convert(opts);
+    process.stdout.write(JSON.stringify(result) + "\n");
+  } catch (err) {
+    process.stdout.write(JSON.stringify({ error: String(err?.stack ?? err), log: LOG }) + "\n");
+    process.exit(1);
+  }
+}
+
+main();

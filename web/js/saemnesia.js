@@ -1,0 +1,456 @@
+// SAEmnesia frontend extension (ComfyUI frontend 1.32.x extension API).
+//
+// - Erase Concepts: an "add concept" picker filled from the SAE wired into the node. Picking a
+//   name toggles it in the `concepts` text; that text stays the only thing saved and queued, so
+//   saved workflows and API-format graphs are the same as without this extension.
+// - Train SAE from Prompts: a live training curve (loss, FVU, dead-latent fraction vs step)
+//   drawn from the "saemnesia.train" websocket events the node sends while it trains.
+// - Inspect Neuron: its heatmap is returned as preview images, which ComfyUI already shows
+//   on the node; nothing to add here.
+
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
+
+const LOAD = "SAEmnesiaLoadSAE";
+const ERASE = "SAEmnesiaEraseConcepts";
+const TRAIN = "SAEmnesiaTrainSAEFromPrompts";
+
+const PICKER = "add concept";
+const CURVE = "training curve";
+const PICKER_TIP = "Pick a concept of the connected SAE to add it to (or remove it from) 'concepts'.";
+const SEP = /[,;\n]/;
+const MAX_HOPS = 32;
+
+const classOf = (node) => node?.comfyClass ?? node?.type;
+const widgetOf = (node, name) => node?.widgets?.find((w) => w.name === name);
+const rootGraph = () => app.rootGraph ?? app.graph;
+
+// ---------------------------------------------------------------- concept index (server)
+
+const conceptCache = new Map(); // SAE file name -> Promise<payload>
+
+function fetchConcepts(name) {
+  if (!conceptCache.has(name)) {
+    const request = api
+      .fetchApi(`/saemnesia/concepts?sae=${encodeURIComponent(name)}`, { cache: "no-store" })
+      .then(async (res) => {
+        let body = null;
+        try {
+          body = await res.json();
+        } catch {
+          body = null;
+        }
+        if (!res.ok) throw new Error(body?.error ?? `the server answered ${res.status}`);
+        return body;
+      });
+    // failures are not cached: the file may appear (training, a refresh) a moment later
+    request.catch(() => conceptCache.delete(name));
+    conceptCache.set(name, request);
+  }
+  return conceptCache.get(name);
+}
+
+// ---------------------------------------------------------------- concepts text <-> list
+
+export function splitConcepts(text) {
+  return String(text ?? "")
+    .split(SEP)
+    .map((s) => s.trim())
+    .filter(Boolean);
+}
+
+function toggleConcept(text, name) {
+  const items = splitConcepts(text);
+  const at = items.findIndex((s) => s.toLowerCase() === name.toLowerCase());
+  if (at >= 0) items.splice(at, 1);
+  else items.push(name);
+  return items.join(", ");
+}
+
+// ---------------------------------------------------------------- where does the SAE come from
+
+function splitList(text) {
+  return String(text ?? "")
+    .split(/[,\n]/)
+    .map((s) => s.trim())
+    .filter(Boolean);
+}
+
+const LABEL_LINE = /^\s*(?:(object|style|concept)\s*\/\s*)?([^:]{1,80}?)\s*:\s*(.+)$/i;
+
+// The concepts a Train SAE node will index, read from its text boxes (used until the file exists).
+function conceptsPlannedBy(train) {
+  const seen = new Map();
+  const add = (name, kind) => {
+    if (!seen.has(name)) seen.set(name, { name, kind, latent: null });
+  };
+  const templates = String(widgetOf(train, "templates")?.value ?? "");
+  if (templates.includes("{object}")) splitList(widgetOf(train, "objects")?.value).forEach((n) => add(n, "object"));
+  if (templates.includes("{style}")) splitList(widgetOf(train, "styles")?.value).forEach((n) => add(n, "style"));
+  for (const raw of String(widgetOf(train, "labelled_prompts")?.value ?? "").split("\n")) {
+    const line = raw.split("#", 1)[0].trim();
+    const m = line && LABEL_LINE.exec(line);
+    if (m && m[3].trim()) add(m[2].trim(), (m[1] ?? "concept").toLowerCase());
+  }
+  return [...seen.values()];
+}
+
+function trainedFileName(train) {
+  let stem = String(widgetOf(train, "name")?.value ?? "").trim();
+  if (stem.toLowerCase().endsWith(".safetensors")) stem = stem.slice(0, -".safetensors".length);
+  return stem ? `${stem}.safetensors` : null;
+}
+
+// Follow the `sae` input upstream (through reroutes) to the node that makes the SAE.
+export function upstreamSae(node) {
+  const slot = node.inputs?.findIndex((i) => i.name === "sae") ?? -1;
+  if (slot < 0 || node.inputs[slot].link == null) return { kind: "none" };
+  let src = node.getInputNode(slot);
+  for (let hop = 0; src && hop < MAX_HOPS; hop++) {
+    const cls = classOf(src);
+    if (cls === LOAD) {
+      const name = widgetOf(src, "sae_name")?.value;
+      return name ? { kind: "file", name } : { kind: "none" };
+    }
+    if (cls === TRAIN) return { kind: "train", name: trainedFileName(src), train: src };
+    if (cls === "Reroute" || src.isVirtualNode) {
+      src = src.getInputNode?.(0);
+      continue;
+    }
+    return { kind: "other", title: src.title ?? cls };
+  }
+  return { kind: "none" };
+}
+
+// ---------------------------------------------------------------- Erase Concepts: the picker
+
+function describeKinds(concepts) {
+  const counts = {};
+  for (const c of concepts) counts[c.kind] = (counts[c.kind] ?? 0) + 1;
+  return Object.entries(counts)
+    .map(([kind, n]) => `${n} ${kind}${n === 1 ? "" : "s"}`)
+    .join(", ");
+}
+
+function setPicker(node, patch) {
+  const state = node.saemnesia;
+  Object.assign(state, patch);
+  const picker = widgetOf(node, PICKER);
+  if (picker) picker.options.values = state.concepts.map((c) => c.name);
+  node.setDirtyCanvas?.(true, true);
+}
+
+function sourceKey(src, train) {
+  if (src.kind === "train") {
+    return ["train", src.name, ...["objects", "styles", "templates", "labelled_prompts"].map((w) => widgetOf(train, w)?.value)].join("\u0001");
+  }
+  return `${src.kind}\u0001${src.name ?? src.title ?? ""}`;
+}
+
+async function refreshPicker(node, force = false) {
+  const state = node.saemnesia;
+  if (!state) return;
+  const src = upstreamSae(node);
+  const key = sourceKey(src, src.train);
+  if (!force && key === state.key) return;
+  const token = ++state.token;
+  state.key = key;
+
+  if (src.kind === "none") {
+    return setPicker(node, { sae: null, source: "none", concepts: [], error: null, status: "connect a Load SAE node" });
+  }
+  if (src.kind === "other") {
+    return setPicker(node, { sae: null, source: "other", concepts: [], error: null, status: `SAE from "${src.title}": type the names` });
+  }
+  setPicker(node, { sae: src.name, source: src.kind, status: `loading ${src.name}…`, error: null });
+  try {
+    const body = await fetchConcepts(src.name);
+    if (token !== state.token) return; // a newer refresh won
+    const concepts = (body.concepts ?? []).map((c) => ({ name: c.name, kind: c.kind, latent: c.latent ?? null }));
+    const status = concepts.length
+      ? describeKinds(concepts)
+      : `no concept index: type neuron:0..${(body.n_latents ?? 1) - 1}`;
+    const picker = widgetOf(node, PICKER);
+    if (picker) picker.tooltip = PICKER_TIP;
+    setPicker(node, { concepts, status, info: body, error: null });
+  } catch (err) {
+    if (token !== state.token) return;
+    if (src.kind === "train") {
+      // not trained yet: offer the names the Train node is about to index
+      const concepts = conceptsPlannedBy(src.train);
+      setPicker(node, { concepts, info: null, error: null, status: `after training: ${describeKinds(concepts) || "none"}` });
+    } else {
+      const message = String(err?.message ?? err);
+      const picker = widgetOf(node, PICKER);
+      if (picker) picker.tooltip = message; // the whole message on hover; the widget shows the gist
+      setPicker(node, { concepts: [], info: null, error: message, status: /not found/i.test(message) ? "⚠ SAE file not found" : "⚠ cannot read this SAE" });
+    }
+  }
+}
+
+function refreshAllPickers(force = false) {
+  const visit = (graph) => {
+    for (const node of graph?.nodes ?? graph?._nodes ?? []) {
+      if (node.saemnesia) refreshPicker(node, force);
+      if (node.subgraph) visit(node.subgraph);
+    }
+  };
+  visit(rootGraph());
+}
+
+function setupErase(node) {
+  const text = widgetOf(node, "concepts");
+  if (!text || widgetOf(node, PICKER)) return;
+  node.saemnesia = { key: null, token: 0, sae: null, source: "none", concepts: [], info: null, error: null, status: "connect a Load SAE node" };
+
+  const label = (value) => {
+    const state = node.saemnesia;
+    if (value == null || value === "") return state.status;
+    const c = state.concepts.find((x) => x.name === value);
+    const chosen = splitConcepts(text.value).some((s) => s.toLowerCase() === String(value).toLowerCase());
+    const detail = c ? ` · ${c.kind}${c.latent != null ? ` · latent ${c.latent}` : ""}` : "";
+    return `${chosen ? "✓" : "+"} ${value}${detail}`;
+  };
+
+  // Appended last and never serialized: widgets_values stay positional and identical to a
+  // workflow saved without this extension.
+  const picker = node.addWidget(
+    "combo",
+    PICKER,
+    "",
+    (value) => {
+      if (value) {
+        text.value = toggleConcept(text.value, String(value));
+        text.callback?.(text.value);
+      }
+      picker.value = "";
+      node.setDirtyCanvas?.(true, true);
+    },
+    { values: [], serialize: false, getOptionLabel: label }
+  );
+  picker.serialize = false;
+  picker.tooltip = PICKER_TIP;
+
+  const onConnectionsChange = node.onConnectionsChange;
+  node.onConnectionsChange = function (...args) {
+    const r = onConnectionsChange?.apply(this, args);
+    queueMicrotask(() => refreshPicker(node));
+    return r;
+  };
+  // backstop for changes no callback reports (e.g. a script setting a widget value)
+  const onDrawForeground = node.onDrawForeground;
+  node.onDrawForeground = function (...args) {
+    const r = onDrawForeground?.apply(this, args);
+    refreshPicker(node);
+    return r;
+  };
+  queueMicrotask(() => refreshPicker(node));
+}
+
+// Load SAE / Train SAE: tell the pickers when the choice of SAE changes.
+function watchSource(node) {
+  const onWidgetChanged = node.onWidgetChanged;
+  node.onWidgetChanged = function (...args) {
+    const r = onWidgetChanged?.apply(this, args);
+    refreshAllPickers();
+    return r;
+  };
+}
+
+// ---------------------------------------------------------------- Train SAE: live curve
+
+const SERIES = [
+  { key: "loss", label: "loss", color: "#ff9f43", axis: "left" },
+  { key: "fvu", label: "FVU", color: "#54a0ff", axis: "right" },
+  { key: "dead_fraction", label: "dead", color: "#ee5253", axis: "right" },
+];
+
+function drawCurve(node) {
+  const curve = node.saemnesiaCurve;
+  const canvas = curve?.canvas;
+  if (!canvas || !canvas.isConnected) return;
+  const dpr = window.devicePixelRatio || 1;
+  const w = Math.max(60, canvas.clientWidth);
+  const h = Math.max(40, canvas.clientHeight);
+  if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
+    canvas.width = Math.round(w * dpr);
+    canvas.height = Math.round(h * dpr);
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, w, h);
+  ctx.fillStyle = "#1b1b1b";
+  ctx.fillRect(0, 0, w, h);
+  ctx.font = "11px sans-serif";
+  ctx.textBaseline = "middle";
+
+  const pts = curve.points;
+  if (!pts.length) {
+    ctx.fillStyle = "#888";
+    ctx.textAlign = "center";
+    ctx.fillText(curve.message ?? "the training curve appears here while the SAE trains", w / 2, h / 2);
+    return;
+  }
+  const pad = { l: 34, r: 30, t: 18, b: 14 };
+  const pw = w - pad.l - pad.r;
+  const ph = h - pad.t - pad.b;
+  const total = Math.max(curve.total || 0, pts[pts.length - 1].step, 1);
+  const finite = (v) => typeof v === "number" && Number.isFinite(v);
+  const lossMax = Math.max(1e-9, ...pts.map((p) => p.loss).filter(finite));
+  const rightMax = Math.max(1, ...pts.map((p) => p.fvu).filter(finite));
+  const x = (step) => pad.l + (step / total) * pw;
+  const y = (v, max) => pad.t + ph - (Math.min(v, max) / max) * ph;
+
+  // axes
+  ctx.strokeStyle = "#444";
+  ctx.lineWidth = 1;
+  ctx.strokeRect(pad.l, pad.t, pw, ph);
+  ctx.fillStyle = "#999";
+  ctx.textAlign = "right";
+  ctx.fillText(lossMax.toPrecision(2), pad.l - 3, pad.t);
+  ctx.fillText("0", pad.l - 3, pad.t + ph);
+  ctx.textAlign = "left";
+  ctx.fillText(rightMax.toPrecision(2), pad.l + pw + 3, pad.t);
+  ctx.fillText("0", pad.l + pw + 3, pad.t + ph);
+  ctx.textAlign = "center";
+  ctx.fillText(`step ${pts[pts.length - 1].step} / ${total}`, pad.l + pw / 2, h - pad.b / 2 + 1);
+
+  for (const s of SERIES) {
+    const max = s.axis === "left" ? lossMax : rightMax;
+    ctx.strokeStyle = s.color;
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    let started = false;
+    for (const p of pts) {
+      if (!finite(p[s.key])) continue;
+      const px = x(p.step);
+      const py = y(p[s.key], max);
+      if (started) ctx.lineTo(px, py);
+      else ctx.moveTo(px, py);
+      started = true;
+    }
+    ctx.stroke();
+  }
+
+  // legend with the latest values
+  const last = pts[pts.length - 1];
+  let lx = pad.l;
+  ctx.textAlign = "left";
+  for (const s of SERIES) {
+    const v = last[s.key];
+    const text = `${s.label} ${finite(v) ? (s.key === "dead_fraction" ? `${(v * 100).toFixed(1)}%` : v.toPrecision(3)) : "–"}`;
+    ctx.fillStyle = s.color;
+    ctx.fillRect(lx, 5, 8, 8);
+    ctx.fillStyle = "#ddd";
+    ctx.fillText(text, lx + 11, 9);
+    lx += ctx.measureText(text).width + 22;
+  }
+  if (curve.message) {
+    ctx.fillStyle = "#aaa";
+    ctx.textAlign = "right";
+    ctx.fillText(curve.message, w - 4, 9);
+  }
+}
+
+function setupTrain(node) {
+  if (widgetOf(node, CURVE)) return;
+  const wrap = document.createElement("div");
+  wrap.className = "saemnesia-curve";
+  wrap.style.cssText = "width:100%;height:100%;box-sizing:border-box;";
+  const canvas = document.createElement("canvas");
+  canvas.style.cssText = "width:100%;height:100%;display:block;border-radius:4px;";
+  wrap.appendChild(canvas);
+  node.saemnesiaCurve = { canvas, points: [], total: 0, message: null };
+
+  const widget = node.addDOMWidget(CURVE, "saemnesia_curve", wrap, {
+    serialize: false,
+    hideOnZoom: false,
+    getValue: () => undefined,
+    setValue: () => {},
+    getMinHeight: () => 120,
+    getMaxHeight: () => 260,
+  });
+  widget.serialize = false;
+  if (typeof ResizeObserver !== "undefined") new ResizeObserver(() => drawCurve(node)).observe(wrap);
+  requestAnimationFrame(() => drawCurve(node));
+}
+
+function nodeByExecutionId(id) {
+  // "12" at the top level, "5:12" inside the subgraph of node 5
+  let graph = rootGraph();
+  let node = null;
+  for (const part of String(id).split(":")) {
+    node = graph?.getNodeById(/^\d+$/.test(part) ? Number(part) : part);
+    if (!node) return null;
+    graph = node.subgraph;
+  }
+  return node;
+}
+
+function onTrainEvent({ detail }) {
+  if (!detail || detail.node == null) return;
+  const node = nodeByExecutionId(detail.node);
+  const curve = node?.saemnesiaCurve;
+  if (!curve) return;
+  const point = { step: Number(detail.step) || 0, loss: detail.loss, fvu: detail.fvu, dead_fraction: detail.dead_fraction };
+  const last = curve.points[curve.points.length - 1];
+  if (last && point.step <= last.step) curve.points = []; // a new run (or a resume) started
+  curve.points.push(point);
+  curve.total = Number(detail.total) || curve.total;
+  curve.message = point.step >= curve.total ? "done" : null;
+  drawCurve(node);
+}
+
+// ---------------------------------------------------------------- registration
+
+app.registerExtension({
+  name: "SAEmnesia.ui",
+
+  async setup() {
+    api.addEventListener("saemnesia.train", onTrainEvent);
+    api.addEventListener("executed", ({ detail }) => {
+      // a Train node just saved a new SAE: its concept index may have changed
+      const node = detail && nodeByExecutionId(detail.display_node ?? detail.node);
+      if (classOf(node) === TRAIN) {
+        const name = trainedFileName(node);
+        if (name) conceptCache.delete(name);
+        if (node.saemnesiaCurve) {
+          node.saemnesiaCurve.message = "saved";
+          drawCurve(node);
+        }
+        refreshAllPickers(true);
+      }
+    });
+    api.addEventListener("execution_interrupted", () => {
+      const visit = (graph) => {
+        for (const node of graph?.nodes ?? []) {
+          if (node.saemnesiaCurve?.points.length && node.saemnesiaCurve.message !== "saved") {
+            node.saemnesiaCurve.message = "cancelled: queue again to resume";
+            drawCurve(node);
+          }
+          if (node.subgraph) visit(node.subgraph);
+        }
+      };
+      visit(rootGraph());
+    });
+  },
+
+  async nodeCreated(node) {
+    const cls = classOf(node);
+    if (cls === ERASE) setupErase(node);
+    else if (cls === TRAIN) {
+      setupTrain(node);
+      watchSource(node);
+    } else if (cls === LOAD) watchSource(node);
+  },
+
+  async afterConfigureGraph() {
+    refreshAllPickers(true);
+  },
+
+  async refreshComboInNodes() {
+    // the user pressed R: the files in models/sae may have changed
+    conceptCache.clear();
+    refreshAllPickers(true);
+  },
+});
