@@ -8,6 +8,16 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 
+@pytest.fixture()
+def one_torch_thread():
+    """One torch thread for tiny tests: no oversubscription on a shared machine."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def comfy():
     from tools import comfy_env

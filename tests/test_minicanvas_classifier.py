@@ -8,13 +8,7 @@ from safetensors import safe_open
 from saemnesia_core.minicanvas import classifier, data
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: these tests are tiny and the machine is shared (no oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_save_load_roundtrip(tmp_path):

@@ -11,13 +11,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from saemnesia_core.minicanvas import text_encoder  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: these tests are tiny and the machine is shared (no oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_encode_shape_offline():

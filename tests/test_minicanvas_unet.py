@@ -9,13 +9,7 @@ from safetensors.torch import load_file
 from saemnesia_core.minicanvas import data, sampling, train_diffusion, unet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: these tests are tiny and the machine is shared (no oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_forward_shape_and_layout():
