@@ -80,13 +80,14 @@ class ConceptEraser:
     # ComfyUI moves model patches with `.to(device)` and `.to(dtype)` when it loads or
     # offloads the model, so the SAE copy follows the model instead of being converted on
     # the first sampling step (or kept on the GPU after the model left it).
-    def to(self, device_or_dtype):
+    def to(self, device_or_dtype, _dtype=torch.dtype, _device=torch.device):
+        # (torch types bound as defaults: ComfyUI also calls .to() from __del__ at interpreter exit)
         current = next(iter(self._sae_cache.values()), self.sae)
         device, dtype = current.W_dec.device, current.W_dec.dtype
-        if isinstance(device_or_dtype, torch.dtype):
+        if isinstance(device_or_dtype, _dtype):
             dtype = device_or_dtype
         else:
-            device = torch.device(device_or_dtype)
+            device = _device(device_or_dtype)
         self.sae_on(device, dtype)
         self._device_targets.clear()
         return self

@@ -23,7 +23,9 @@ def _config(tmp, store_dir, name):
 def test_two_process_training_matches_single_process(tmp_path):
     store_dir = str(tmp_path / "acts")
     write_store(store_dir, shard_tokens=256)  # many shards: each rank reads its own
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    # a clean environment: only the repo on the path, one thread per rank
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     one = subprocess.run([sys.executable, "-m", "saemnesia_core.train_cli", "--config", _config(tmp_path, store_dir, "one")],
                          capture_output=True, text=True, env=env, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]

