@@ -211,7 +211,7 @@ def test_erase_workflow_in_the_browser(server, tmp_path):
 
     # each node's help page is where the frontend's node library looks for it
     assert set(r["docs"]) == {"SAEmnesiaLoadSAE", "SAEmnesiaEraseConcepts", "SAEmnesiaInspectNeuron",
-                              "SAEmnesiaTrainSAEFromPrompts"}
+                              "SAEmnesiaTrainSAEFromPrompts", "SAEmnesiaLoadDemoModel"}
     assert all(d["status"] == 200 and d["chars"] > 500 for d in r["docs"].values()), r["docs"]
     # the picker lists the SAE's concepts, with their kinds
     (before,) = r["picker_before"]
