@@ -24,6 +24,7 @@ bench: setup
 	$(PY) -m pip install -q -r requirements-bench.txt -c constraints.txt
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/training_throughput.py
+	$(PY) benchmarks/tables.py
 
 clean:
 	rm -rf .cache output test-artifacts
