@@ -26,7 +26,7 @@ class _SelectedValues(torch.autograd.Function):
     def backward(ctx, g):
         xc, W_enc, rows, cols, vals = ctx.saved_tensors
         g = g * (vals > 0)  # ReLU
-        G = torch.sparse_coo_tensor(torch.stack([rows, cols]), g, (xc.shape[0], W_enc.shape[0])).coalesce()
+        G = torch.sparse_coo_tensor(torch.stack([rows, cols]), g, (xc.shape[0], W_enc.shape[0]), check_invariants=False).coalesce()
         d_xc = torch.sparse.mm(G, W_enc) if ctx.needs_input_grad[0] else None
         d_W = torch.sparse.mm(G.t(), xc) if ctx.needs_input_grad[1] else None
         d_b = vals.new_zeros(W_enc.shape[0]).index_add_(0, cols, g) if ctx.needs_input_grad[2] else None
@@ -39,7 +39,7 @@ class _SparseDecode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows, cols, vals, W_dec, n_rows):
         ctx.save_for_backward(rows, cols, vals, W_dec)
-        S = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n_rows, W_dec.shape[0]))
+        S = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n_rows, W_dec.shape[0]), check_invariants=False)
         return torch.sparse.mm(S, W_dec)
 
     @staticmethod
@@ -53,7 +53,7 @@ class _SparseDecode(torch.autograd.Function):
                 d_vals[a:b] = (g[rows[a:b]] * W_dec[cols[a:b]]).sum(-1)
         d_W = None
         if ctx.needs_input_grad[3]:
-            St = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (W_dec.shape[0], g.shape[0]))
+            St = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (W_dec.shape[0], g.shape[0]), check_invariants=False)
             d_W = torch.sparse.mm(St, g)
         return None, None, d_vals, d_W, None
 
