@@ -106,8 +106,8 @@ BlockEdit = Callable[[torch.Tensor, dict], torch.Tensor]
 def patch_block_output(model, hook_point: str, edit: BlockEdit):
     """Clone `model` and run `edit(block_output, info)` after the block at `hook_point`.
 
-    info: sigma, timestep (the model's 0..999), step (index in the schedule or None),
-    transformer_options. `edit` returns the (possibly) new output.
+    info: sigma, timestep (the model's 0..999), transformer_options. `edit` returns the
+    (possibly) new output.
     """
     m = model.clone()
     key = f"diffusion_model.{hook_point}.forward"
@@ -119,8 +119,7 @@ def patch_block_output(model, hook_point: str, edit: BlockEdit):
         opts = _transformer_options(args, kwargs)
         sigma = current_sigma(opts)
         timestep = float(model_sampling.timestep(torch.tensor(sigma))) if sigma is not None else 0.0
-        return edit(out, {"sigma": sigma, "timestep": timestep, "step": step_index(opts, sigma),
-                          "transformer_options": opts})
+        return edit(out, {"sigma": sigma, "timestep": timestep, "transformer_options": opts})
 
     m.add_object_patch(key, forward)
     return m
@@ -147,9 +146,11 @@ def erase_patch(model, loaded: LoadedSAE, eraser, cond_only: bool, start_percent
 
 
 def capture_patch(model, hook_point: str, sink: Callable[[torch.Tensor, dict], None], cond_only: bool = True):
-    """Clone of `model` that hands the block output (cond rows only, by default) to `sink`."""
+    """Clone of `model` that hands the block output (cond rows only, by default) to `sink`;
+    info also carries `step`, the index of the current sigma in the schedule."""
 
     def edit(h, info):
+        info["step"] = step_index(info["transformer_options"], info["sigma"])
         rows = half_rows(info["transformer_options"], h.shape[0], cond_only)
         sink(h if rows is None else h[rows.to(h.device)], info)
         return h

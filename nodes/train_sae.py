@@ -14,6 +14,7 @@ import folder_paths
 
 from saemnesia_core import LoadedSAE, SAEError, SAEInfo, TrainingCancelled, save_sae
 from saemnesia_core.activations import INDEX, ActivationStore, ActivationWriter
+from saemnesia_core.fileio import save_json_atomic
 from saemnesia_core.prompts import DEFAULT_TEMPLATES, assemble_prompts
 from saemnesia_core.training import TrainConfig, train_sae
 
@@ -180,6 +181,5 @@ def _collect(model, clip, prompts, hook, d_in, samples, settings, run_dir, pbar)
             job += 1
             pbar.update_absolute(job)
     store = writer.close()
-    from saemnesia_core.fileio import save_json_atomic
     save_json_atomic(settings, stamp)
     return store

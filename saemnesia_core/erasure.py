@@ -57,9 +57,10 @@ def selected_activations(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget) -
 
 def _apply_delta(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget, rows: torch.Tensor, delta: torch.Tensor):
     """x + (change of the target latents' values) @ W_dec: decode(z') - decode(z), on `rows` only."""
+    if rows.numel() == 0:
+        return x  # nothing fired: no copy
     out = x.clone()
-    if rows.numel():
-        out[rows] += (delta.to(sae.W_dec.dtype) @ sae.W_dec[target.latents]).to(x.dtype)
+    out[rows] += (delta.to(sae.W_dec.dtype) @ sae.W_dec[target.latents]).to(x.dtype)
     return out
 
 
@@ -110,6 +111,8 @@ def replace(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget, strength: floa
     b, n, c = x.shape
     mask, score = detect(x.reshape(b * n, c), sae, target)
     mask, score = mask.view(b, n), score.view(b, n)
+    if not mask.any():
+        return x  # nothing detected: no copy
     out = x.clone()
     for i in torch.nonzero(mask.any(1), as_tuple=True)[0].tolist():
         det = mask[i]

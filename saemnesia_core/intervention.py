@@ -137,8 +137,11 @@ class ConceptEraser:
             edited = erasure.replace(x, sae, target, self.strength, gen)
         else:
             fn = erasure.ablate if self.mode == "ablate" else erasure.scale_neurons
-            n = x.shape[1]
-            edited = fn(x.reshape(-1, c), sae, target, self.strength).view(-1, n, c)
+            flat = x.reshape(-1, c)
+            out = fn(flat, sae, target, self.strength)
+            edited = x if out is flat else out.view_as(x)
+        if edited is x:
+            return h  # the concept is nowhere in this map: hand back the block output untouched
         out_tokens = tokens.clone()
         out_tokens[sel] = edited
         if spatial:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from .activations import ActivationStore
+from .checkpoint import read_safetensors_metadata
 from .concepts import ConceptIndex, ConceptStats, assign_latents, select_unsupervised, supervised_index
 from .errors import SAEError, TrainingCancelled
 from .fileio import save_safetensors_atomic
@@ -207,7 +208,6 @@ class Trainer:
         path = self.checkpoint_path
         if not os.path.isfile(path):
             return False
-        from .checkpoint import read_safetensors_metadata
         meta = read_safetensors_metadata(path)
         if json.loads(meta.get("config", "{}")) != json.loads(json.dumps(self.cfg.identity())):
             if self.restart_on_mismatch:  # the caller changed the settings on purpose: start over

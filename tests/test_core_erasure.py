@@ -146,3 +146,12 @@ def test_eraser_follows_to_calls_and_survives_deepcopy():
     h = x.double().unsqueeze(0)
     out = er(h, 900.0)
     assert out.dtype == torch.float64 and not torch.equal(out, h)
+
+
+def test_a_map_without_the_concept_is_returned_as_is():
+    sae, L, x = firing_setup()
+    h = x.T.reshape(1, 16, 5, 8)
+    for mode in ("ablate", "replace"):
+        er = ConceptEraser(sae, _index(L), ["thing"], mode=mode)
+        assert er(h, 120.0) is h  # late bucket's threshold is never reached: no copy, no re-layout
+        assert er(h, 880.0) is not h
