@@ -12,18 +12,27 @@ FOLDER = "sae"
 EXTENSIONS = {".safetensors"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,120}$")
 _cache: dict[str, tuple[float, LoadedSAE]] = {}
+# SAEs shipped with the pack (repo root / models / sae), read-only for the nodes
+PACK_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", FOLDER)
 
 
 def register():
-    """Add models/sae, keeping any paths extra_model_paths.yaml already gave it."""
+    """Add models/sae, keeping any paths extra_model_paths.yaml already gave it, and then the
+    pack's own models/sae (the SAEs shipped for the MiniCanvas demo model). The pack's folder
+    comes last, so a user's file of the same name wins and new SAEs are saved in the user's."""
     default = os.path.join(folder_paths.models_dir, FOLDER)
     if FOLDER in folder_paths.folder_names_and_paths:
         paths, exts = folder_paths.folder_names_and_paths[FOLDER]
+        paths = list(paths)
         if default not in paths:
             paths.append(default)
         folder_paths.folder_names_and_paths[FOLDER] = (paths, set(exts) | EXTENSIONS)
     else:
-        folder_paths.folder_names_and_paths[FOLDER] = ([default], set(EXTENSIONS))
+        paths = [default]
+        folder_paths.folder_names_and_paths[FOLDER] = (paths, set(EXTENSIONS))
+    if PACK_FOLDER in paths:
+        paths.remove(PACK_FOLDER)
+    paths.append(PACK_FOLDER)  # listed even while it does not exist yet; never created here
     os.makedirs(default, exist_ok=True)
 
 

@@ -33,6 +33,49 @@ def test_sae_folder_is_registered_keeping_configured_paths(pack):
     assert os.path.join(folder_paths.models_dir, "sae") in folder_paths.folder_names_and_paths["sae"][0]
 
 
+def test_the_packs_own_sae_folder_comes_after_the_users_and_its_files_load(pack, tmp_path, monkeypatch):
+    """The SAEs shipped in the pack's models/sae are listed and load; the user's folders come
+    first (a user's file of the same name wins) and new SAEs are saved in the user's folder."""
+    import folder_paths
+    from saemnesia_core import LoadedSAE, SAEInfo, TopKSAE, save_sae
+    from saemnesia_core.concepts import ConceptIndex
+    from saemnesia_pack.nodes import sae_folder
+    from saemnesia_pack.nodes.load_sae import LoadSAE
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert sae_folder.PACK_FOLDER == os.path.join(repo, "models", "sae")
+    assert folder_paths.folder_names_and_paths["sae"][0][-1] == sae_folder.PACK_FOLDER  # registered at import
+
+    shipped, user = tmp_path / "pack_models_sae", tmp_path / "user_sae"
+    os.makedirs(shipped)
+    os.makedirs(user)
+    monkeypatch.setattr(sae_folder, "PACK_FOLDER", str(shipped))
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "sae", ([str(user)], {".safetensors"}))
+    folder_paths.filename_list_cache.clear()
+    sae_folder._cache.clear()
+    try:
+        sae_folder.register()
+        paths = folder_paths.folder_names_and_paths["sae"][0]
+        assert paths[0] == str(user) and paths[-1] == str(shipped)
+        assert os.path.join(folder_paths.models_dir, "sae") in paths[1:-1]
+        sae_folder.register()  # registering again keeps one copy, still last
+        assert folder_paths.folder_names_and_paths["sae"][0].count(str(shipped)) == 1
+
+        sae = TopKSAE(8, 16, 2)
+        sae.requires_grad_(False)
+        save_sae(str(shipped / "shipped.safetensors"), sae, SAEInfo("output_blocks.1.1", "minicanvas", ConceptIndex(), {}))
+        assert "shipped.safetensors" in LoadSAE.define_schema().inputs[0].options
+        loaded = LoadSAE.execute("shipped.safetensors").args[0]
+        assert isinstance(loaded, LoadedSAE) and loaded.info.hook_point == "output_blocks.1.1"
+        assert torch.equal(loaded.sae.W_enc, sae.W_enc)
+        # a user's file of the same name wins; new SAEs go to the user's folder, not the pack's
+        save_sae(str(user / "shipped.safetensors"), TopKSAE(8, 32, 2), SAEInfo("output_blocks.3.1", "x", ConceptIndex(), {}))
+        assert LoadSAE.execute("shipped.safetensors").args[0].info.hook_point == "output_blocks.3.1"
+        assert os.path.dirname(sae_folder.output_path("new_one", False)) == str(user)
+    finally:
+        folder_paths.filename_list_cache.clear()
+        sae_folder._cache.clear()
+
+
 def test_load_sae_node_lists_and_loads_and_refuses_escapes(env, block_outputs, sae_dir):
     from saemnesia_core import SAEError, SAEFileError, save_sae
     from saemnesia_pack.nodes.load_sae import LoadSAE

@@ -28,6 +28,13 @@ def server(tmp_path_factory, comfy, pack):
     srv.stop()
 
 
+def shipped_saes() -> set[str]:
+    """Names of the SAE files shipped in the pack's models/sae (none while it is absent)."""
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "sae")
+    return {os.path.relpath(os.path.join(d, f), folder).replace(os.sep, "/")
+            for d, _, files in os.walk(folder) for f in files if f.endswith(".safetensors")}
+
+
 def combo_options(spec):
     """V1 combos are [[options], {...}]; V3 ones are ["COMBO", {"options": [...]}]."""
     return spec[1]["options"] if spec[0] == "COMBO" else spec[0]
@@ -38,7 +45,9 @@ def test_object_info_shows_the_four_nodes_with_their_inputs(server):
     for node in NODES:
         assert node in info, f"{node} missing; server log:\n{server.read_log()[-3000:]}"
         assert info[node]["category"] == "SAEmnesia"
-    assert combo_options(info["SAEmnesiaLoadSAE"]["input"]["required"]["sae_name"]) == ["thing.safetensors"]
+    saes = combo_options(info["SAEmnesiaLoadSAE"]["input"]["required"]["sae_name"])
+    # the server's models/sae and the SAEs shipped in the pack's own models/sae (one sorted list)
+    assert sorted(saes) == saes and set(saes) == {"thing.safetensors"} | shipped_saes()
     erase = info["SAEmnesiaEraseConcepts"]["input"]["required"]
     assert {"model", "sae", "concepts", "mode", "strength", "start_percent", "end_percent", "apply_to"} <= set(erase)
     assert combo_options(erase["mode"]) == ["auto", "neuron", "ablate", "replace"]
