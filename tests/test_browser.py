@@ -20,8 +20,8 @@ BROWSER_TOOLS = os.path.join(REPO, "tools", "browser")
 DRIVER = os.path.join(BROWSER_TOOLS, "drive.js")
 CHROMIUM = os.environ.get("SAEMNESIA_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = os.path.join(REPO, "test-artifacts", "browser")
-SHIPPED = os.path.join(REPO, "example_workflows", "erase_concept_sd15_saeuron.json")
-SHIPPED_API = os.path.join(REPO, "example_workflows", "api", "erase_concept_sd15_saeuron.json")
+SHIPPED = os.path.join(REPO, "workflows", "erase_concept_sd15_saeuron.json")
+SHIPPED_API = os.path.join(REPO, "workflows", "api", "erase_concept_sd15_saeuron.json")
 
 
 def _missing() -> str | None:
