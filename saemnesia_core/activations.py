@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .errors import SAEError
@@ -91,8 +92,9 @@ class ActivationStore:
     def timesteps(self) -> list[float]:
         """The distinct timesteps collected, descending (read from the shards' small tensors)."""
         seen = set()
-        for s in self.shards:
-            seen.update(load_file(os.path.join(self.folder, s["file"]))["timesteps"].unique().tolist())
+        for s in self.shards:  # only the small tensor is read, never the activations
+            with safe_open(os.path.join(self.folder, s["file"]), framework="pt") as f:
+                seen.update(f.get_tensor("timesteps").unique().tolist())
         return sorted(seen, reverse=True)
 
     def load_shard(self, i: int) -> dict[str, torch.Tensor]:
@@ -104,7 +106,8 @@ class ActivationStore:
 
         Shard order and token order are drawn from (seed, epoch): the same call yields the
         same stream, so a resumed run can skip the batches it already consumed. At most
-        `buffer_shards` shards are in memory at once. The last partial batch is dropped.
+        `buffer_shards` shards (plus the one being read and less than a batch carried over)
+        are in memory at once. The last partial batch is dropped.
         """
         g = torch.Generator().manual_seed(seed * 7919 + epoch)
         ids = list(range(len(self.shards))) if shard_ids is None else list(shard_ids)
@@ -112,10 +115,8 @@ class ActivationStore:
         carry = None
         produced = 0
         for start in range(0, len(order), buffer_shards):
-            group = [self.load_shard(i) for i in order[start:start + buffer_shards]]
-            parts = {k: torch.cat([s[k] for s in group]) for k in ("activations", "timesteps", "prompt_ids")}
-            if carry is not None:
-                parts = {k: torch.cat([carry[k], parts[k]]) for k in parts}
+            parts = self._load_group(order[start:start + buffer_shards], carry)
+            carry = None
             perm = torch.randperm(parts["activations"].shape[0], generator=g)
             n_full = parts["activations"].shape[0] // batch_size
             for b in range(n_full):
@@ -125,6 +126,27 @@ class ActivationStore:
                 produced += 1
             rest = perm[n_full * batch_size:]
             carry = {k: v[rest] for k, v in parts.items()}
+            del parts, perm  # free this group before the next one is read
+
+    def _load_group(self, shard_ids: list[int], carry: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """The carried-over rows followed by the given shards, in one preallocated buffer:
+        each shard is copied in and dropped, so the peak is the group plus one shard."""
+        n = sum(self.shards[i]["tokens"] for i in shard_ids) + (0 if carry is None else carry["timesteps"].shape[0])
+        out = {"activations": torch.empty(n, self.d_in, dtype=torch.float16),
+               "timesteps": torch.empty(n), "prompt_ids": torch.empty(n, dtype=torch.int32)}
+        at = 0
+        if carry is not None:
+            at = carry["timesteps"].shape[0]
+            for k, v in carry.items():
+                out[k][:at] = v
+        for i in shard_ids:
+            shard = self.load_shard(i)
+            m = shard["timesteps"].shape[0]
+            for k, v in shard.items():
+                out[k][at:at + m] = v
+            at += m
+            del shard
+        return out
 
     def batches_per_epoch(self, batch_size: int, shard_ids: list[int] | None = None) -> int:
         ids = range(len(self.shards)) if shard_ids is None else shard_ids
