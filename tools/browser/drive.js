@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 // Drive the real ComfyUI frontend in headless Debian Chromium (never a downloaded browser).
 //
-//   node drive.js run     --url URL --workflow ui.json --out DIR [--concept NAME] [--timeout SEC]
+//   node drive.js run     --url URL --workflow ui.json --out DIR [--concept NAME | --expect NAME] [--timeout SEC]
 //       check the four help pages are served, load the UI-format workflow, check the Erase
-//       Concepts picker, pick NAME through the real combo menu, rewire the `sae` input (unplugged,
+//       Concepts picker (wait until it lists NAME), pick NAME through the real combo menu
+//       (--concept only; --expect leaves the concepts as saved), rewire the `sae` input (unplugged,
 //       from Train SAE, back to Load SAE), queue the prompt, wait for every SaveImage /
 //       PreviewImage / Inspect Neuron node to show its image and for the training curve, take
 //       screenshots. Prints one JSON object on stdout.
@@ -212,7 +213,7 @@ async function run(opts) {
         const states = nodes.map((n) => ({ id: n.id, values: n.widgets.find((w) => w.name === "add concept")?.options.values ?? [], status: n.saemnesia?.status }));
         return { ok: states.every((s) => !need || s.values.includes(need)), states };
       },
-      opts.concept || null,
+      opts.concept || opts.expect || null,
       { timeout: 30000, what: "the concept picker to list the SAE's concepts" }
     );
     result.picker_before = await page.evaluate(pickerState);

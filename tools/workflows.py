@@ -1,0 +1,492 @@
+"""The example workflows in workflows/: defined here once, saved through the real frontend.
+
+Each workflow is a UI-format graph built with :class:`UIGraph`. ``python -m tools.workflows``
+starts the real ComfyUI server with the pack, loads every graph in the real frontend (headless
+Chromium, ``tools/browser/drive.js convert``) and writes what the frontend saves
+(``workflows/<name>.json``, what the template browser opens) and what it queues
+(``workflows/api/<name>.json``, the API-format twin). Tests check that the files still agree
+with each other (tests/test_workflows.py, tests/test_browser.py) and that every twin runs on a
+real server (tests/test_workflows_e2e.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKFLOWS = os.path.join(REPO, "workflows")
+API = os.path.join(WORKFLOWS, "api")
+DRIVER = os.path.join(REPO, "tools", "browser", "drive.js")
+
+# --------------------------------------------------------------------------- UI graphs
+
+# Sockets of the node types the workflows use: (inputs, outputs) as (name, type) pairs, in the
+# order ComfyUI declares them. Widgets are not listed: they go positionally in widgets_values.
+PORTS: dict[str, tuple[list, list]] = {
+    "CheckpointLoaderSimple": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+    "SAEmnesiaLoadDemoModel": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+    "CLIPTextEncode": ([("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
+    "EmptyLatentImage": ([], [("LATENT", "LATENT")]),
+    "EmptyChromaRadianceLatentImage": ([], [("LATENT", "LATENT")]),
+    "SAEmnesiaLoadSAE": ([], [("SAE", "SAE"), ("info", "STRING")]),
+    "SAEmnesiaEraseConcepts": ([("model", "MODEL"), ("sae", "SAE")], [("MODEL", "MODEL")]),
+    "KSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                  ("latent_image", "LATENT")], [("LATENT", "LATENT")]),
+    "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
+    "SaveImage": ([("images", "IMAGE")], []),
+    "PreviewImage": ([("images", "IMAGE")], []),
+    "PreviewAny": ([("source", "*")], []),
+    "SAEmnesiaInspectNeuron": ([("model", "MODEL"), ("sae", "SAE"), ("vae", "VAE"), ("positive", "CONDITIONING"),
+                                ("latent", "LATENT"), ("image", "IMAGE")],
+                               [("heatmap", "IMAGE"), ("summary", "STRING")]),
+    "SAEmnesiaTrainSAEFromPrompts": ([("model", "MODEL"), ("clip", "CLIP"), ("latent", "LATENT")],
+                                     [("SAE", "SAE"), ("report", "STRING")]),
+    "Note": ([], []),
+}
+
+NOTE_COLORS = {"color": "#432", "bgcolor": "#653"}  # the frontend's yellow note colours
+
+
+class UIGraph:
+    """Builds a workflow in the format the frontend saves: nodes with positional
+    widgets_values (seeds followed by their control_after_generate value) and a links table."""
+
+    def __init__(self):
+        self.nodes, self.links, self.groups = [], [], []
+
+    def node(self, type_, pos, size, widgets=(), inputs=(), outputs=(), title=None, **extra):
+        nid = len(self.nodes) + 1
+        node = {"id": nid, "type": type_, "pos": list(pos), "size": list(size), "flags": {}, "order": nid - 1,
+                "mode": 0, "inputs": [{"name": n, "type": t, "link": None} for n, t in inputs],
+                "outputs": [{"name": n, "type": t, "links": []} for n, t in outputs],
+                "properties": {"Node name for S&R": type_}, "widgets_values": list(widgets), **extra}
+        if title:
+            node["title"] = title
+        self.nodes.append(node)
+        return nid
+
+    def add(self, type_, pos, size, widgets=(), title=None, links=None, **extra):
+        """A node of a type in PORTS, its inputs linked from ``links``: {input: (node id, output slot)}."""
+        inputs, outputs = PORTS[type_]
+        nid = self.node(type_, pos, size, widgets, inputs, outputs, title, **extra)
+        for name, (src, slot) in (links or {}).items():
+            self.link(src, slot, nid, name)
+        return nid
+
+    def note(self, pos, size, text):
+        return self.node("Note", pos, size, [text], **NOTE_COLORS)
+
+    def group(self, title, bounding, color="#3f789e"):
+        self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": list(bounding), "color": color,
+                            "font_size": 24, "flags": {}})
+
+    def link(self, src, src_slot, dst, dst_input):
+        lid = len(self.links) + 1
+        s, d = self.nodes[src - 1], self.nodes[dst - 1]
+        slot = next(i for i, x in enumerate(d["inputs"]) if x["name"] == dst_input)
+        typ = s["outputs"][src_slot]["type"]
+        s["outputs"][src_slot]["links"].append(lid)
+        d["inputs"][slot]["link"] = lid
+        self.links.append([lid, src, src_slot, dst, slot, typ])
+
+    def workflow(self, scale: float = 0.68, offset=(70, 150)) -> dict:
+        for n in self.nodes:
+            for o in n["outputs"]:
+                o["slot_index"] = n["outputs"].index(o)
+        return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+                "links": self.links, "groups": self.groups, "config": {},
+                "extra": {"ds": {"scale": scale, "offset": list(offset)}}, "version": 0.4}
+
+
+# --------------------------------------------------------------------------- SD 1.5
+
+def erase_workflow(ckpt: str, sae: str, concepts: str, size: int, steps: int, note: str | None = None,
+                   inspect: bool = False, train: bool = False, mode: str = "auto",
+                   inspect_concept: str = "") -> dict:
+    """Checkpoint -> prompts -> KSampler before and after Erase Concepts -> Save Image both
+    (plus, optionally, Inspect Neuron on the erased latent and a tiny Train SAE run)."""
+    g = UIGraph()
+    ckpt_n = g.node("CheckpointLoaderSimple", (20, 60), (315, 100), [ckpt],
+                    outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")])
+    pos_n = g.node("CLIPTextEncode", (360, 20), (400, 140), ["a photo of a cat sitting on a sofa, van gogh style"],
+                   inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")], title="positive")
+    neg_n = g.node("CLIPTextEncode", (360, 190), (400, 100), ["blurry, low quality"],
+                   inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")], title="negative")
+    lat_n = g.node("EmptyLatentImage", (20, 220), (315, 110), [size, size, 1], outputs=[("LATENT", "LATENT")])
+    sae_n = g.node("SAEmnesiaLoadSAE", (20, 380), (315, 80), [sae], outputs=[("SAE", "SAE"), ("info", "STRING")])
+    erase_n = g.node("SAEmnesiaEraseConcepts", (360, 330), (400, 250),
+                     [concepts, mode, 1.0, 0.0, "both", 0.0, 1.0],
+                     inputs=[("model", "MODEL"), ("sae", "SAE")], outputs=[("MODEL", "MODEL")])
+    ks = {}
+    samplers = (("before", 790, ckpt_n, "KSampler (before)"), ("after", 1110, erase_n, "KSampler (after)"))
+    for key, x, model_src, title in samplers:
+        k = g.node("KSampler", (x, 20), (300, 262), [42, "fixed", steps, 7.0, "euler", "normal", 1.0],
+                   inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                           ("latent_image", "LATENT")], outputs=[("LATENT", "LATENT")], title=title)
+        g.link(model_src, 0, k, "model")
+        g.link(pos_n, 0, k, "positive")
+        g.link(neg_n, 0, k, "negative")
+        g.link(lat_n, 0, k, "latent_image")
+        dec = g.node("VAEDecode", (x, 310), (210, 46), inputs=[("samples", "LATENT"), ("vae", "VAE")],
+                     outputs=[("IMAGE", "IMAGE")])
+        g.link(k, 0, dec, "samples")
+        g.link(ckpt_n, 2, dec, "vae")
+        save = g.node("SaveImage", (x, 390), (300, 300), [f"saemnesia_{key}"], inputs=[("images", "IMAGE")],
+                      title=f"Save Image ({key})")
+        g.link(dec, 0, save, "images")
+        ks[key] = k
+    for src, slot, dst, name in ((ckpt_n, 1, pos_n, "clip"), (ckpt_n, 1, neg_n, "clip"), (ckpt_n, 0, erase_n, "model"),
+                                 (sae_n, 0, erase_n, "sae")):
+        g.link(src, slot, dst, name)
+    if note:
+        g.node("Note", (20, 620), (740, 200), [note], **NOTE_COLORS)
+    if inspect:
+        ins = g.node("SAEmnesiaInspectNeuron", (1430, 20), (320, 560),
+                     [-1, inspect_concept, max(0, steps - 1), steps, "normal", 0, "fixed"],
+                     inputs=[("model", "MODEL"), ("sae", "SAE"), ("vae", "VAE"), ("positive", "CONDITIONING"),
+                             ("latent", "LATENT"), ("image", "IMAGE")],
+                     outputs=[("heatmap", "IMAGE"), ("summary", "STRING")])
+        for src, slot, name in ((ckpt_n, 0, "model"), (sae_n, 0, "sae"), (ckpt_n, 2, "vae"), (pos_n, 0, "positive"),
+                                (ks["after"], 0, "latent")):
+            g.link(src, slot, ins, name)
+        prev = g.node("PreviewImage", (1430, 610), (320, 260), inputs=[("images", "IMAGE")])
+        g.link(ins, 0, prev, "images")
+    if train:
+        tr = g.node("SAEmnesiaTrainSAEFromPrompts", (1790, 20), (360, 760),
+                    ["browser_trained", "cat, dog", "ink", "a {object} in {style} style", "", "auto", 2, 5.0, "euler",
+                     "normal", 1, 0, "fixed", 1, 8, 40, 16, 0.001, True, True],
+                    inputs=[("model", "MODEL"), ("clip", "CLIP"), ("latent", "LATENT")],
+                    outputs=[("SAE", "SAE"), ("report", "STRING")])
+        for src, slot, name in ((ckpt_n, 0, "model"), (ckpt_n, 1, "clip"), (lat_n, 0, "latent")):
+            g.link(src, slot, tr, name)
+    return g.workflow()
+
+
+SD15_NOTE = (
+    "SAEmnesia: erase a concept with a published SAeUron SAE (SD 1.5)\n\n"
+    "1. Put an SD 1.5 checkpoint in models/checkpoints and pick it in Load Checkpoint.\n"
+    "2. Download a SAeUron SAE folder (e.g. unet.up_blocks.1.attentions.2, the style block) with its cfg.json "
+    "and sae.safetensors into models/sae/, then pick '.../sae.safetensors' in Load SAE.\n"
+    "3. Published SAeUron SAEs carry no concept index, so 'concepts' names raw latents: replace the placeholder "
+    "neuron:1234 with the latent you want to switch off (find one with Inspect Neuron). With an SAE trained by "
+    "'Train SAE from Prompts', use the 'add concept' picker on Erase Concepts instead.\n"
+    "4. Queue: the left image is the model as it is, the right one with the concept erased (same seed)."
+)
+
+SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+SD15_SAE = "unet.up_blocks.1.attentions.2/sae.safetensors"
+
+
+def erase_concept_sd15_saeuron() -> dict:
+    wf = erase_workflow(SD15_CHECKPOINT, SD15_SAE, "neuron:1234", 512, 25, note=SD15_NOTE, mode="ablate")
+    wf["extra"]["ds"] = {"scale": 0.75, "offset": [90, 160]}  # the view it was first published with
+    return wf
+
+
+# --------------------------------------------------------------------------- MiniCanvas demo model
+
+DEMO_UNET = "demo_unet.safetensors"
+OBJECTS_SAE = "minicanvas_objects_saemnesia.safetensors"
+STYLES_SAE = "minicanvas_styles_saemnesia.safetensors"
+OBJECTS_SAE_SAEURON = "minicanvas_objects_saeuron.safetensors"
+STYLES_SAE_SAEURON = "minicanvas_styles_saeuron.safetensors"
+OBJECTS = "circle, square, triangle, cross, star, heart"
+STYLES = "solid, stripes, dots, checker, outline, gradient"
+# The settings the demo model was evaluated with (docs/minicanvas.md)
+SEED, STEPS, CFG, SAMPLER, SCHEDULER = 7, 25, 4.0, "ddim", "ddim_uniform"
+BATCH = 4  # a few seeds per picture: KSampler draws one noise per batch item
+
+BEFORE_COLOR, AFTER_COLOR = "#3f789e", "#a1309b"
+# Layout (canvas units): loaders on the left, prompts and SAE nodes in the middle, one column
+# per model to the right (KSampler, VAE Decode, Save Image); _view() sets the opening zoom.
+LEFT, MID, COLUMN, COLUMN_STEP, ROW_STEP = 20, 390, 830, 360, 650
+
+
+def _view(scale: float) -> dict:
+    """workflow() arguments that open the canvas with its top-left corner (20, -30) just below
+    the frontend's menus (screen = (canvas + offset) * scale). Below a scale of 0.6 the
+    frontend draws nodes without their text, so no workflow here is zoomed out further."""
+    return {"scale": scale, "offset": (round(80 / scale - LEFT), round(100 / scale + 30))}
+
+
+def _demo_base(g: UIGraph, prompts: list[tuple[str, str]], batch: int):
+    """Load MiniCanvas Demo Model, the prompts (+ an empty negative) and the 32x32 empty latent.
+    Returns (loader, {title: positive}, negative, latent)."""
+    loader = g.add("SAEmnesiaLoadDemoModel", (LEFT, 40), (340, 98), [DEMO_UNET])
+    latent = g.add("EmptyChromaRadianceLatentImage", (LEFT, 160), (340, 106), [32, 32, batch],
+                   title=f"32x32 pixel-space latent, {batch} seeds")
+    positives, y = {}, 20
+    for title, text in prompts:
+        positives[title] = g.add("CLIPTextEncode", (MID, y), (400, 110), [text], title=title,
+                                 links={"clip": (loader, 1)})
+        y += 140
+    negative = g.add("CLIPTextEncode", (MID, y), (400, 90), [""], title="negative (empty)",
+                     links={"clip": (loader, 1)})
+    return loader, positives, negative, latent
+
+
+def _load_sae(g: UIGraph, y: int, name: str, kind: str):
+    return g.add("SAEmnesiaLoadSAE", (LEFT, y), (340, 82), [name], title=f"Load SAE ({kind})")
+
+
+def _erase(g: UIGraph, pos, concepts: str, title: str, model, sae):
+    return g.add("SAEmnesiaEraseConcepts", pos, (400, 250), [concepts, "auto", 1.0, 0.0, "both", 0.0, 1.0],
+                 title=title, links={"model": model, "sae": sae})
+
+
+def _sample_and_save(g: UIGraph, x: int, y: int, model, positive, negative, latent, vae, title: str, prefix: str):
+    """KSampler (the demo model's settings, fixed seed) -> VAE Decode -> Save Image; returns (KSampler, Save)."""
+    k = g.add("KSampler", (x, y), (320, 262), [SEED, "fixed", STEPS, CFG, SAMPLER, SCHEDULER, 1.0],
+              title=f"KSampler ({title})",
+              links={"model": model, "positive": (positive, 0), "negative": (negative, 0), "latent_image": (latent, 0)})
+    dec = g.add("VAEDecode", (x, y + 285), (210, 46), links={"samples": (k, 0), "vae": vae})
+    return k, g.add("SaveImage", (x, y + 350), (320, 270), [prefix], title=title, links={"images": (dec, 0)})
+
+
+def _column(g: UIGraph, c: int, title: str, color: str, rows: int = 1, height: int | None = None):
+    """x of model column c, framed by a titled group."""
+    x = COLUMN + c * COLUMN_STEP
+    g.group(title, (x - 20, -30, COLUMN_STEP, height or 690 + (rows - 1) * ROW_STEP), color)
+    return x
+
+
+ERASE_ONE_NOTE = (
+    "SAEmnesia on the MiniCanvas demo model: erase one concept\n\n"
+    "The bundled demo model draws 6 objects (circle, square, triangle, cross, star, heart) in 6 styles "
+    "(solid, stripes, dots, checker, outline, gradient) from prompts like 'a star in stripes style'. "
+    "It runs offline on a CPU in seconds.\n\n"
+    "Both KSamplers use the same prompt, seeds and settings (DDIM, 25 steps, CFG 4, a batch of 4): "
+    "Before samples the model as it is, After the model patched by Erase Concepts, which erases 'star' with the "
+    "shipped objects SAE (SAEmnesia: one latent per concept; mode 'auto' uses the SAE's own method).\n\n"
+    "Try: another object in 'concepts' (the 'add concept' picker lists the SAE's concepts), strength 0.5 or 2, "
+    "another prompt, or the SAeUron SAE minicanvas_objects_saeuron.safetensors in Load SAE. For a style, load "
+    "minicanvas_styles_saemnesia.safetensors and erase e.g. 'stripes'."
+)
+
+
+def erase_one_concept_minicanvas() -> dict:
+    g = UIGraph()
+    loader, pos, neg, latent = _demo_base(g, [("prompt", "a star in stripes style")], BATCH)
+    sae = _load_sae(g, 300, OBJECTS_SAE, "objects")
+    erase = _erase(g, (MID, 280), "star", "Erase Concepts: star", (loader, 0), (sae, 0))
+    g.note((LEFT, 580), (770, 240), ERASE_ONE_NOTE)
+    for c, (title, model, tag) in enumerate((("Before", (loader, 0), "before"),
+                                             ("After (star erased)", (erase, 0), "after"))):
+        x = _column(g, c, title, (BEFORE_COLOR, AFTER_COLOR)[c])
+        _sample_and_save(g, x, 20, model, pos["prompt"], neg, latent, (loader, 2), title, f"SAEmnesia/erase_one_{tag}")
+    return g.workflow(**_view(0.75))
+
+
+ERASE_SEVERAL_NOTE = (
+    "SAEmnesia on the MiniCanvas demo model: erase several concepts at once\n\n"
+    "Two prompts (rows) and three models (columns), the same seeds everywhere:\n"
+    "- Before: the model as it is.\n"
+    "- After A: ONE Erase Concepts node with the objects SAE and 'star, heart': both objects go at once.\n"
+    "- After B: TWO chained Erase Concepts nodes, each with its own SAE: 'star' with the objects SAE, then "
+    "'stripes' with the styles SAE. Erase nodes stack like any model patch.\n"
+    "In column B the heart in dots is neither erased concept, so it should stay as it was.\n\n"
+    "The concept names come from each SAE's index: objects circle, square, triangle, cross, star, heart; "
+    "styles solid, stripes, dots, checker, outline, gradient."
+)
+
+
+def erase_several_concepts_minicanvas() -> dict:
+    g = UIGraph()
+    rows = [("prompt 1", "a star in stripes style", "star in stripes"),
+            ("prompt 2", "a heart in dots style", "heart in dots")]
+    loader, pos, neg, latent = _demo_base(g, [r[:2] for r in rows], 2)
+    objects = _load_sae(g, 300, OBJECTS_SAE, "objects")
+    styles = _load_sae(g, 410, STYLES_SAE, "styles")
+    erase_a = _erase(g, (MID, 420), "star, heart", "A: erase star + heart (one node)", (loader, 0), (objects, 0))
+    erase_b1 = _erase(g, (MID, 700), "star", "B1: erase star (objects SAE)", (loader, 0), (objects, 0))
+    erase_b2 = _erase(g, (MID, 980), "stripes", "B2: then erase stripes (styles SAE)", (erase_b1, 0), (styles, 0))
+    g.note((LEFT, 540), (340, 690), ERASE_SEVERAL_NOTE)
+    columns = [("Before", (loader, 0), "before", BEFORE_COLOR),
+               ("After A (star, heart erased)", (erase_a, 0), "after_a", AFTER_COLOR),
+               ("After B (star + stripes erased)", (erase_b2, 0), "after_b", AFTER_COLOR)]
+    for c, (title, model, tag, color) in enumerate(columns):
+        x = _column(g, c, title, color, rows=len(rows))
+        for r, (row, _, subject) in enumerate(rows):
+            _sample_and_save(g, x, 20 + r * ROW_STEP, model, pos[row], neg, latent, (loader, 2),
+                             f"{title.split(' (')[0]}: {subject}", f"SAEmnesia/erase_several_{tag}_{r + 1}")
+    return g.workflow(**_view(0.6))
+
+
+INSPECT_NOTE = (
+    "SAEmnesia on the MiniCanvas demo model: where does a concept fire?\n\n"
+    "Inspect Neuron adds noise to the generated picture at one step of the schedule (here step 12 of 25), runs "
+    "the denoiser once and overlays where the SAE latent of a concept is active (bright = strong). The text "
+    "below each heatmap names the latent and its activation.\n\n"
+    "Second column: the 'star' latent of the objects SAE; third: the 'stripes' latent of the styles SAE. Set 'neuron' "
+    "to an index (>= 0) to look at any raw latent instead of a concept; change 'step' to look at early (layout) "
+    "or late (detail) steps."
+)
+
+
+def inspect_neuron_minicanvas() -> dict:
+    g = UIGraph()
+    loader, pos, neg, latent = _demo_base(g, [("prompt", "a star in stripes style")], 2)
+    positive = pos["prompt"]
+    g.note((MID, 280), (400, 420), INSPECT_NOTE)
+    x = _column(g, 0, "Generated", BEFORE_COLOR)
+    sampler, _ = _sample_and_save(g, x, 20, (loader, 0), positive, neg, latent, (loader, 2), "Generated",
+                                  "SAEmnesia/inspect_generated")
+    for i, (sae_file, concept, kind) in enumerate(((OBJECTS_SAE, "star", "objects"), (STYLES_SAE, "stripes", "styles"))):
+        sae = _load_sae(g, 300 + i * 110, sae_file, kind)
+        x = _column(g, 1 + i, f"Where '{concept}' fires", AFTER_COLOR, height=930)
+        ins = g.add("SAEmnesiaInspectNeuron", (x, 20), (320, 330),
+                    [-1, concept, 12, STEPS, SCHEDULER, SEED, "fixed"], title=f"Inspect Neuron: {concept}",
+                    links={"model": (loader, 0), "sae": (sae, 0), "vae": (loader, 2), "positive": (positive, 0),
+                           "latent": (sampler, 0)})
+        g.add("SaveImage", (x, 380), (320, 300), [f"SAEmnesia/inspect_{concept}"], title=f"Heatmap: {concept}",
+              links={"images": (ins, 0)})
+        g.add("PreviewAny", (x, 680), (320, 200), title=f"Summary: {concept}", links={"source": (ins, 1)})
+    return g.workflow(**_view(0.65))
+
+
+TRAIN_NOTE = (
+    "SAEmnesia on the MiniCanvas demo model: train an SAE, then erase with it\n\n"
+    "Train SAE from Prompts samples the 36 prompts 'a {object} in {style} style' (6 objects x 6 styles, one "
+    "seed each), records one transformer block's output at every step, trains a small SAEmnesia-supervised TopK "
+    "SAE (one latent per concept) and saves it as models/sae/minicanvas_trained.safetensors. Overwrite is on, "
+    "so queueing again replaces it; Cancel keeps the last checkpoint and the next run resumes from it. About "
+    "1-3 minutes on a CPU; the curve on the node shows the training loss.\n\n"
+    "Its SAE goes straight into Erase Concepts ('star'), so the After images use the SAE just trained. This "
+    "quick SAE is smaller and shorter-trained than the shipped ones, so expect a weaker erasure than with "
+    "minicanvas_objects_saemnesia.safetensors; more train_steps, expansion or seeds_per_prompt help."
+)
+
+
+def train_then_erase_minicanvas() -> dict:
+    g = UIGraph()
+    loader, pos, neg, latent = _demo_base(g, [("prompt", "a star in stripes style")], BATCH)
+    g.note((LEFT, 300), (340, 560), TRAIN_NOTE)
+    train = g.add("SAEmnesiaTrainSAEFromPrompts", (MID, 280), (400, 800),
+                  ["minicanvas_trained", OBJECTS, STYLES, "a {object} in {style} style", "", "auto",
+                   STEPS, CFG, SAMPLER, SCHEDULER, 1, 0, "fixed", 8, 16, 600, 1024, 0.001, True, True],
+                  title="Train SAE from Prompts (1-3 min on a CPU)",
+                  links={"model": (loader, 0), "clip": (loader, 1), "latent": (latent, 0)})
+    erase = _erase(g, (COLUMN, 20), "star", "Erase Concepts: star", (loader, 0), (train, 0))
+    g.add("PreviewAny", (COLUMN, 300), (400, 300), title="Training report", links={"source": (train, 1)})
+    for c, (title, model, tag) in enumerate((("Before", (loader, 0), "before"),
+                                             ("After (star erased)", (erase, 0), "after"))):
+        x = _column(g, c + 1, title, (BEFORE_COLOR, AFTER_COLOR)[c]) + 60  # past the wider Erase column
+        g.groups[-1]["bounding"][0] += 60
+        _sample_and_save(g, x, 20, model, pos["prompt"], neg, latent, (loader, 2), title,
+                         f"SAEmnesia/train_then_erase_{tag}")
+    return g.workflow(**_view(0.6))
+
+
+# name -> builder; the order the README lists them in
+BUILDERS = {
+    "erase_one_concept_minicanvas": erase_one_concept_minicanvas,
+    "erase_several_concepts_minicanvas": erase_several_concepts_minicanvas,
+    "inspect_neuron_minicanvas": inspect_neuron_minicanvas,
+    "train_then_erase_minicanvas": train_then_erase_minicanvas,
+    "erase_concept_sd15_saeuron": erase_concept_sd15_saeuron,
+}
+NAMES = list(BUILDERS)
+
+
+# --------------------------------------------------------------------------- for the tests
+
+PACK_SAES = os.path.join(REPO, "models", "sae")  # the pack's own sae folder (nodes/sae_folder.PACK_FOLDER)
+CANDIDATES_ENV = "SAEMNESIA_CANDIDATE_SAES"
+
+
+def candidate_saes() -> dict[str, str]:
+    """{file name: path} of the SAEs in the folder $SAEMNESIA_CANDIDATE_SAES: candidates that
+    tests put in their server's models/sae, to try SAEs before they are shipped."""
+    folder = os.environ.get(CANDIDATES_ENV)
+    if not folder:
+        return {}
+    return {f: os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.endswith(".safetensors")}
+
+
+def missing_saes(api: dict) -> list[str]:
+    """SAE files a workflow's Load SAE nodes pick that are neither shipped nor candidates."""
+    names = {n["inputs"]["sae_name"] for n in api.values() if n["class_type"] == "SAEmnesiaLoadSAE"}
+    return sorted(n for n in names if not os.path.isfile(os.path.join(PACK_SAES, n)) and n not in candidate_saes())
+
+
+def ui_path(name: str) -> str:
+    return os.path.join(WORKFLOWS, f"{name}.json")
+
+
+def api_path(name: str) -> str:
+    return os.path.join(API, f"{name}.json")
+
+
+def load(name: str) -> tuple[dict, dict]:
+    """(UI-format workflow, API-format twin) as shipped."""
+    with open(ui_path(name), encoding="utf-8") as f:
+        ui = json.load(f)
+    with open(api_path(name), encoding="utf-8") as f:
+        api = json.load(f)
+    return ui, api
+
+
+# --------------------------------------------------------------------------- writing through the frontend
+
+def write_returning_user_settings(base: str):
+    """A returning user: no first-run template browser over the canvas."""
+    os.makedirs(os.path.join(base, "user", "default"), exist_ok=True)
+    settings = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}
+    with open(os.path.join(base, "user", "default", "comfy.settings.json"), "w", encoding="utf-8") as f:
+        json.dump(settings, f)
+
+
+def convert(url: str, workflow: dict, work: str, name: str, screenshots: str | None = None) -> tuple[dict, dict]:
+    """Load a UI-format workflow in the real frontend: (what it saves, what it queues)."""
+    src, ui_out, api_out = (os.path.join(work, f"{name}.{k}.json") for k in ("in", "ui", "api"))
+    with open(src, "w", encoding="utf-8") as f:
+        json.dump(workflow, f)
+    shots = ["--out", os.path.abspath(screenshots)] if screenshots else []
+    proc = subprocess.run(["node", DRIVER, "convert", "--url", url, "--workflow", src, "--ui-out", ui_out,
+                           "--api-out", api_out, *shots], check=False, capture_output=True, text=True,
+                          timeout=600,
+                          cwd=os.path.dirname(DRIVER))
+    if proc.returncode != 0:
+        raise RuntimeError(f"drive.js convert failed for {name}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    with open(ui_out, encoding="utf-8") as f:
+        saved = json.load(f)
+    with open(api_out, encoding="utf-8") as f:
+        queued = json.load(f)
+    return saved, queued
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Write workflows/*.json and workflows/api/*.json through the real "
+                                             "ComfyUI frontend (needs chromium and npm ci --prefix tools/browser).")
+    ap.add_argument("names", nargs="*", default=NAMES, help=f"which workflows (default: all of {', '.join(NAMES)})")
+    ap.add_argument("--screenshots", help="also save a screenshot of each loaded workflow into this folder")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, REPO)
+    from tools.comfy_server import ComfyServer
+
+    os.makedirs(API, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="saemnesia-workflows-") as base:
+        write_returning_user_settings(base)
+        server = ComfyServer(base)
+        server.start()
+        try:
+            for name in args.names:
+                saved, queued = convert(server.url, BUILDERS[name](), base, name, args.screenshots)
+                if os.path.isfile(ui_path(name)):
+                    with open(ui_path(name), encoding="utf-8") as f:
+                        saved["id"] = json.load(f).get("id", saved["id"])  # regenerating keeps the workflow's id
+                for path, data in ((ui_path(name), saved), (api_path(name), queued)):
+                    with open(path, "w", encoding="utf-8") as f:
+                        json.dump(data, f, indent=2)
+                        f.write("\n")
+                print(f"wrote {os.path.relpath(ui_path(name), REPO)} and its api/ twin")
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
