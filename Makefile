@@ -15,9 +15,9 @@ browser-deps:
 test: setup browser-deps
 	$(PY) -m pytest -q -ra
 
-# Core only (no ComfyUI): seconds.
+# Core only (no ComfyUI, no slow tests): seconds.
 test-fast: setup
-	$(PY) -m pytest -q -m "not comfy and not e2e"
+	$(PY) -m pytest -q -m "not comfy and not e2e and not slow"
 
 # Speed benchmarks (numbers go to benchmarks/results/*.json).
 bench: setup

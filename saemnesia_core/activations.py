@@ -152,7 +152,7 @@ class ActivationStore:
         ids = range(len(self.shards)) if shard_ids is None else shard_ids
         return sum(self.shards[i]["tokens"] for i in ids) // batch_size
 
-    def iter_tokens(self, chunk: int = 8192):
+    def iter_tokens(self, chunk: int = 4096):
         """All tokens in storage order (for computing statistics)."""
         for i in range(len(self.shards)):
             s = self.load_shard(i)

@@ -345,12 +345,18 @@ def final_fvu(sae: TopKSAE, store: ActivationStore, max_tokens: int = 200_000) -
     err, var, seen = 0.0, 0.0, 0
     s1 = torch.zeros(sae.d_in, dtype=torch.float64)
     s2 = 0.0
+    shift = None
     with torch.no_grad():
         for acts, _, _ in store.iter_tokens():
             x_hat = sae(acts)
-            err += float((acts - x_hat).double().pow(2).sum())
-            s1 += acts.double().sum(0)
-            s2 += float(acts.double().pow(2).sum())
+            # per-chunk float32 sums added up in float64 (no float64 copy of the chunk);
+            # centring on the first chunk's mean keeps s2 - |s1|^2 / n well conditioned
+            err += float((acts - x_hat).pow_(2).sum())
+            if shift is None:
+                shift = acts.mean(0)
+            c = acts - shift
+            s1 += c.sum(0).double()
+            s2 += float(c.pow_(2).sum())
             seen += acts.shape[0]
             if seen >= max_tokens:
                 break
