@@ -53,7 +53,7 @@ class LoadedSAE:
 def save_sae(path: str, sae: TopKSAE, info: SAEInfo):
     record = {"format": FORMAT, "format_version": FORMAT_VERSION, "hook_point": info.hook_point,
               "model_family": info.model_family, "d_in": sae.d_in, "n_latents": sae.n_latents, "k": sae.k,
-              "concept_index": info.concept_index.to_json(), "training": info.training}
+              "reserved_latents": sae.reserved.tolist(), "concept_index": info.concept_index.to_json(), "training": info.training}
     tensors = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
     save_safetensors_atomic(tensors, path, metadata={"format": FORMAT, "saemnesia": json.dumps(record)})
 
@@ -91,6 +91,10 @@ def load_sae(path: str, device="cpu") -> LoadedSAE:
         if key in record and int(record[key]) != getattr(sae, key):
             raise SAEFileError(f"{os.path.basename(path)}: metadata says {key}={record[key]} but the weights have "
                                f"{getattr(sae, key)}; the file is inconsistent. Re-create it.")
+    try:
+        sae.set_reserved(record.get("reserved_latents", []))
+    except (TypeError, ValueError) as e:
+        raise SAEFileError(f"{os.path.basename(path)}: bad reserved_latents ({e}); the file is damaged. Re-create it.") from None
     try:
         index = ConceptIndex.from_json(record.get("concept_index", {}))
         index.validate(sae.n_latents)

@@ -37,7 +37,8 @@ class ErasureTarget:
 
 
 def selected_activations(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget) -> tuple[torch.Tensor, torch.Tensor]:
-    """Activations of the target latents under per-token TopK, computed sparsely.
+    """Activations of the target latents under per-token TopK (reserved latents: wherever
+    positive), computed sparsely.
 
     Returns (rows, acts): the token rows where some target latent can fire (its ReLU
     pre-activation is above its threshold), and [len(rows), L] activations there, 0 where
@@ -50,9 +51,10 @@ def selected_activations(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget) -
     rows = (pre > thr).any(1).nonzero(as_tuple=True)[0]
     if rows.numel() == 0:
         return rows, pre.new_zeros(0, len(target))
-    kth = sae.pre_activations(x[rows]).topk(sae.k, dim=-1).values[:, -1:]
+    kth = sae.competing(sae.pre_activations(x[rows])).topk(sae.k, dim=-1).values[:, -1:]
     cand = pre[rows]
-    return rows, cand * (cand >= kth)
+    kept = (cand >= kth) | sae.is_reserved(target.latents).view(1, -1)
+    return rows, cand * kept
 
 
 def _apply_delta(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget, rows: torch.Tensor, delta: torch.Tensor):

@@ -155,4 +155,4 @@ def _memory_format(h):
 
 def _copy_sae(sae: TopKSAE, device, dtype) -> TopKSAE:
     ts = [getattr(sae, n).detach().to(device=device, dtype=dtype) for n in ("W_enc", "b_enc", "W_dec", "b_dec")]
-    return TopKSAE.from_tensors(*ts, k=sae.k)
+    return TopKSAE.from_tensors(*ts, k=sae.k).set_reserved(sae.reserved.tolist())

@@ -3,6 +3,12 @@
 pre = ReLU(W_enc (x - b_dec) + b_enc); keep the k largest; x_hat = z W_dec + b_dec.
 Decoder rows are kept at unit norm. Inference keeps the top k per token; training can
 use BatchTopK (top k*batch over the whole batch), which lets busy tokens use more latents.
+
+A supervised (SAEmnesia) SAE can *reserve* its concept latents: they are kept out of the
+TopK competition and decoded wherever they are positive. A concept's evidence at one
+position is often weak next to the generic features that win the k slots, so a competing
+concept latent would be decoded rarely, its decoder row would stay untrained, and scaling
+it would change nothing; reserved, it carries the concept wherever the probe sees it.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ class TopKSAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n_latents, dtype=dtype, device=device))
         self.W_dec = nn.Parameter(torch.empty(n_latents, d_in, dtype=dtype, device=device))
         self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype, device=device))
+        self.register_buffer("reserved", torch.zeros(0, dtype=torch.long, device=device), persistent=False)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -52,7 +59,27 @@ class TopKSAE(nn.Module):
         sae.k = int(k)
         for name, t in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
             setattr(sae, name, nn.Parameter(t, requires_grad=trainable))
+        sae.register_buffer("reserved", torch.zeros(0, dtype=torch.long, device=W_dec.device), persistent=False)
         return sae
+
+    def set_reserved(self, latents) -> "TopKSAE":
+        """Keep these latents out of the TopK competition (see the module docstring)."""
+        r = torch.as_tensor(sorted({int(i) for i in latents}), dtype=torch.long)
+        if r.numel() and not (0 <= int(r.min()) and int(r.max()) < self.n_latents):
+            raise ValueError(f"reserved latents must be in 0..{self.n_latents - 1}, got {r.tolist()}")
+        if r.numel() > self.n_latents - self.k:
+            raise ValueError(f"{r.numel()} reserved latents leave fewer than k={self.k} to compete")
+        self.reserved = r.to(self.W_dec.device)
+        return self
+
+    def competing(self, pre: torch.Tensor) -> torch.Tensor:
+        """Scores that compete for the k slots: the reserved latents' set to 0."""
+        if self.reserved.numel() == 0:
+            return pre
+        return pre.index_fill(-1, self.reserved, 0.0)
+
+    def is_reserved(self, latents: torch.Tensor) -> torch.Tensor:
+        return torch.isin(latents, self.reserved.to(latents.device))
 
     # --- encoding -------------------------------------------------------------------
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,8 +91,12 @@ class TopKSAE(nn.Module):
         return F.linear(x - self.b_dec, self.W_enc, self.b_enc)
 
     def encode(self, x: torch.Tensor) -> SparseCode:
-        """Per-token TopK (inference)."""
-        values, indices = self.pre_activations(x).topk(self.k, dim=-1, sorted=False)
+        """Per-token TopK (inference), plus the reserved latents ([tokens, k + reserved])."""
+        pre = self.pre_activations(x)
+        values, indices = self.competing(pre).topk(self.k, dim=-1, sorted=False)
+        if self.reserved.numel():
+            values = torch.cat([values, pre[:, self.reserved]], 1)
+            indices = torch.cat([indices, self.reserved.expand(pre.shape[0], -1)], 1)
         return SparseCode(values, indices)
 
     def dense(self, code: SparseCode) -> torch.Tensor:

@@ -59,6 +59,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     quantile: float = 0.999  # unsupervised selection
     max_latents: int = 8
+    reserve_concept_latents: bool = True  # supervised: concept latents skip the TopK competition
     default_multiplier_supervised: float = -1.5
     default_multiplier_unsupervised: float = -10.0
 
@@ -92,16 +93,20 @@ def _sae_loss_terms(sae: TopKSAE, x: torch.Tensor, cfg: TrainConfig, dead: torch
     with torch.no_grad():
         # scores for the selection only; no ReLU pass: select() keeps positive entries alone
         pre = F.linear(xc, sae.W_enc, sae.b_enc)
+    compete = sae.competing(pre)
     if cfg.batch_topk:
-        rows, cols = sparse_ops.select(pre, k_total=cfg.k * x.shape[0])
+        rows, cols = sparse_ops.select(compete, k_total=cfg.k * x.shape[0])
     else:
-        rows, cols = sparse_ops.select(pre, k_per_row=cfg.k)
+        rows, cols = sparse_ops.select(compete, k_per_row=cfg.k)
+    rows, cols = sparse_ops.with_columns(pre, rows, cols, sae.reserved)
     vals = sparse_ops.selected_values(xc, sae.W_enc, sae.b_enc, pre, rows, cols)
     x_hat = sparse_ops.sparse_decode(rows, cols, vals, sae.W_dec, x.shape[0]) + sae.b_dec
     err = x - x_hat
     total_var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
     fvu = err.pow(2).sum() / total_var
     aux = x.new_zeros(())
+    if sae.reserved.numel():
+        dead = dead.index_fill(0, sae.reserved, False)  # reserved latents are not AuxK's to revive
     n_dead = int(dead.sum())
     if n_dead and cfg.aux_coef:
         k_aux = min(max(1, sae.d_in // 2), n_dead)
@@ -227,6 +232,7 @@ class Trainer:
                                      "exp_avg_sq": t[f"adam.{n}.exp_avg_sq"].clone()}
         self.since_fired = t["since_fired"].clone()
         self.state = TrainState(**json.loads(meta["state"]))
+        self._reserve()
         return True
 
     # --- the loop ---------------------------------------------------------------------
@@ -249,6 +255,11 @@ class Trainer:
     def _assign(self):
         stats = concept_statistics(self.sae, self.store, should_cancel=self.should_cancel)
         self.state.assignment = assign_latents(stats.scores(), stats.names, stats.concepts)
+        self._reserve()
+
+    def _reserve(self):
+        if self.cfg.reserve_concept_latents and self.state.assignment:
+            self.sae.set_reserved(self.state.assignment.values())
 
     def _batches(self):
         while True:

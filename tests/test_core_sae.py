@@ -176,3 +176,22 @@ def test_header_length_lie_is_caught(tmp_path):
     p.write_bytes(struct.pack("<Q", 10 ** 7) + b"{}")
     with pytest.raises(SAEFileError, match="truncated"):
         load_sae(str(p))
+
+
+def test_reserved_latents_skip_the_topk_and_survive_save_load(tmp_path):
+    sae = make_sae(d=16, n=64, k=4, seed=3)
+    x = torch.randn(50, 16)
+    pre = sae.pre_activations(x)
+    # the latent ranked last on most tokens: outside the top 4 almost everywhere
+    weak = int(pre.mean(0).argmin())
+    assert (sae.latent_activations(x, torch.tensor([weak]))[:, 0] == 0).float().mean() > 0.8
+    sae.set_reserved([weak])
+    got = sae.latent_activations(x, torch.tensor([weak]))[:, 0]
+    assert torch.allclose(got, pre[:, weak])  # decoded wherever positive
+    code = sae.encode(x)
+    assert code.indices.shape[1] == 5 and (code.indices[:, :4] != weak).all()  # still k others
+    path = str(tmp_path / "r.safetensors")
+    save_sae(path, sae, SAEInfo("output_blocks.1.1"))
+    assert load_sae(path).sae.reserved.tolist() == [weak]
+    with pytest.raises(ValueError):
+        sae.set_reserved([64])

@@ -66,6 +66,10 @@ def test_training_reconstructs_and_supervision_ties_each_concept_to_its_own_late
         else:  # objects: the dedicated latent separates concept prompts from the rest
             assert fired[on].float().mean() > fired[~on].float().mean() + 0.4, name
     assert index.default_mode == "neuron"
+    # the dedicated latents are reserved (outside the TopK competition): decoded where positive
+    assert sorted(sae.reserved.tolist()) == sorted(latents.values())
+    code = sae.encode(acts[:500])
+    assert all((code.indices == latents[n]).any(1).all() for n in latents)
     assert len(index.timesteps) == 3 and all(len(c.selections) == 3 for c in index.concepts.values())
 
 
