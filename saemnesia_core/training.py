@@ -87,12 +87,20 @@ class TrainState:
 Progress = Callable[[int, int, dict], None]
 
 
-def _sae_loss_terms(sae: TopKSAE, x: torch.Tensor, cfg: TrainConfig, dead: torch.Tensor):
-    """FVU and AuxK of one batch. Returns (fired latents [n] bool, fvu, auxk)."""
+def _sae_loss_terms(sae: TopKSAE, x: torch.Tensor, cfg: TrainConfig, dead: torch.Tensor,
+                    scores: torch.Tensor | None = None):
+    """FVU and AuxK of one batch. Returns (fired latents [n] bool, fvu, auxk).
+
+    `scores`: an optional [batch, n_latents] buffer for the encoder's scores, reused from step
+    to step (a fresh one per step costs page faults on every step: ~0.2 s at 4096 x 20480).
+    """
     xc = x - sae.b_dec
     with torch.no_grad():
         # scores for the selection only; no ReLU pass: select() keeps positive entries alone
-        pre = F.linear(xc, sae.W_enc, sae.b_enc)
+        if scores is not None and scores.shape == (x.shape[0], sae.n_latents):
+            pre = torch.addmm(sae.b_enc, xc, sae.W_enc.t(), out=scores)
+        else:
+            pre = F.linear(xc, sae.W_enc, sae.b_enc)
     compete = sae.competing(pre)
     if cfg.batch_topk:
         rows, cols = sparse_ops.select(compete, k_total=cfg.k * x.shape[0])
@@ -157,6 +165,15 @@ def build_index(sae: TopKSAE, store: ActivationStore, cfg: TrainConfig, assignme
     return select_unsupervised(stats, cfg.quantile, cfg.max_latents, cfg.default_multiplier_unsupervised)
 
 
+def _adam(params, cfg: TrainConfig) -> torch.optim.Adam:
+    """torch's fused Adam where this torch has it for the device (one pass per tensor: ~10x
+    faster than the default per-tensor loop on a CPU), else the default implementation."""
+    try:
+        return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)
+
+
 class Trainer:
     def __init__(self, store: ActivationStore, cfg: TrainConfig, work_dir: str,
                  progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None,
@@ -174,7 +191,7 @@ class Trainer:
         self.sae.reset_parameters(torch.Generator().manual_seed(cfg.seed))
         for p in self.sae.parameters():
             p.requires_grad_(True)
-        self.opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        self.opt = _adam(list(self.sae.parameters()), cfg)
         self.since_fired = torch.zeros(self.sae.n_latents, dtype=torch.long)
         self.state = TrainState()
         self.supervised = cfg.supervised and bool(store.concepts)
@@ -247,6 +264,16 @@ class Trainer:
         first = next(self.store.batches(min(self.local_batch, 4096), self.cfg.seed, 0, self.shard_ids))[0]
         with torch.no_grad():
             self.sae.b_dec.copy_(geometric_median(first))
+            # Scale the encoder so the first reconstruction has the data's scale (least squares).
+            # With the encoder at the decoder's transpose, k latents each reading their own
+            # direction overshoot badly when k is not small next to d_in (FVU 15 at d_in 64,
+            # k 32); a positive scale leaves the TopK choice as it is and scales the values.
+            xc = first - self.sae.b_dec
+            rec = self.sae(first) - self.sae.b_dec
+            scale = float((xc * rec).sum() / rec.pow(2).sum().clamp_min(1e-12))
+            if scale > 0:
+                self.sae.W_enc.mul_(scale)
+                self.sae.b_enc.mul_(scale)
         if self.world_size > 1:  # every rank starts from rank 0's weights
             import torch.distributed as dist
             for p in self.sae.parameters():
@@ -283,17 +310,21 @@ class Trainer:
         seconds_before = self.state.seconds
         tokens = 0
         stream = self._batches()
+        scores = None  # the encoder-score buffer, kept across steps
         while self.state.step < cfg.steps:
             if self._cancelled():
                 self.save_checkpoint()
                 raise TrainingCancelled()
             if assign_step is not None and self.state.step >= assign_step and not self.state.assignment:
+                scores = None  # the statistics pass needs its own memory
                 self._assign()
             x, _, pids = next(stream)
+            if scores is None:
+                scores = x.new_empty(x.shape[0], self.sae.n_latents)
             for g in self.opt.param_groups:
                 g["lr"] = self._lr_at(self.state.step)
             dead = self.since_fired > cfg.dead_tokens
-            fired, fvu, aux = _sae_loss_terms(self.sae, x, cfg, dead)
+            fired, fvu, aux = _sae_loss_terms(self.sae, x, cfg, dead, scores)
             loss = fvu + cfg.aux_coef * aux
             metrics = {}
             if self.state.assignment:
