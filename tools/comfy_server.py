@@ -18,9 +18,13 @@ def free_port() -> int:
 
 
 class ComfyServer:
-    def __init__(self, base_dir: str, models: dict[str, dict[str, str]] | None = None, port: int | None = None):
-        """models: {"checkpoints": {"name.safetensors": "/path/to/file"}, "sae": {...}} are linked in."""
+    def __init__(self, base_dir: str, models: dict[str, dict[str, str]] | None = None, port: int | None = None,
+                 threads: int | None = None):
+        """models: {"checkpoints": {"name.safetensors": "/path/to/file"}, "sae": {...}} are linked in.
+        threads: torch CPU threads of the server (default: torch's choice, all cores). On a busy
+        shared CPU one thread can be many times faster: extra OpenMP threads spin waiting for a core."""
         self.base, self.port = base_dir, port or free_port()
+        self.threads = threads
         self.url = f"http://127.0.0.1:{self.port}"
         os.makedirs(os.path.join(base_dir, "custom_nodes"), exist_ok=True)
         link = os.path.join(base_dir, "custom_nodes", "ComfyUI-SAEmnesia")
@@ -37,6 +41,8 @@ class ComfyServer:
 
     def start(self, timeout: float = 240):
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.threads:
+            env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port",
                                       str(self.port), "--base-directory", self.base, "--disable-auto-launch"],
