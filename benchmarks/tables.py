@@ -8,7 +8,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
 
 
-def overhead(d):
+def _overhead_sd15(d):
     s = d["setting"]
     rows = ["| variant | median seconds | overhead |", "|---|---|---|",
             f"| no erase | {d['seconds_median']['none']} | - |"]
@@ -16,24 +16,104 @@ def overhead(d):
         rows.append(f"| Erase Concepts, {k} | {d['seconds_median'][k]} | {v:+.2f}% |")
     return (f"KSampler on the SD1.5 shape ({s['image']} px, {s['steps']} steps, CFG {s['cfg']}, SAE on "
             f"{s['hook']}: {s['positions']} positions x {s['d_in']} channels, {s['n_latents']} latents, k {s['k']}), "
-            f"{s['repeats']} alternating repeats, {s['device']}, {s['threads']} threads:\n\n" + "\n".join(rows))
+            f"{s['repeats']} alternating repeats, {s['device']}, {s['threads']} threads; measured {d['date']}:\n\n"
+            + "\n".join(rows))
+
+
+def _overhead_demo(d):
+    s = d["setting"]
+    rows = ["| variant | SAE | median seconds | overhead |", "|---|---|---|---|",
+            f"| no erase | - | {d['seconds_median']['none']} | - |"]
+    for k, v in d["overhead_percent"].items():
+        e = d["saes"][k]
+        rows.append(f"| Erase Concepts, {e['mode']}, '{e['concept']}' | {k.split(', ')[0]}: {e['n_latents']} latents, "
+                    f"k {e['k']} | {d['seconds_median'][k]} | {v:+.2f}% |")
+    load = d.get("loadavg_after")
+    return (f"KSampler on the MiniCanvas demo model ({s['image']} px, {s['steps']} steps {s['sampler']}, CFG {s['cfg']}, "
+            f"'{s['prompt']}'), {s['repeats']} alternating repeats, {s['device']}, {s['threads']} thread; measured "
+            f"{d['date']}" + (f", load average {load[0]:.1f} on {os.cpu_count()} cores" if load else "") + ":\n\n"
+            + "\n".join(rows))
+
+
+def overhead(d):
+    if "setting" in d:  # the first format: one SD1.5 result
+        d = {"sd15": {**d, "date": "2026-11-23"}}
+    return "\n\n".join(fn(d[k]) for k, fn in (("sd15", _overhead_sd15), ("demo", _overhead_demo)) if k in d)
+
+
+def _training_setting(name, d):
+    s = d["setting"]
+    rows = ["| trainer | tokens/s | held-out FVU | seconds (mean of runs) |", "|---|---|---|---|"]
+    for k, v in d["results"].items():
+        rows.append(f"| {k} | {v['tokens_per_s']} | {v['held_out_fvu']} | {v['seconds']} |")
+    loads = [x for v in d["results"].values() for r in v["runs"] for x in r["loadavg_1min_before_after"]]
+    return (f"**{name}**: {s['activations']}; {s['stored_tokens']} training vectors of {s['d_in']}, "
+            f"{s['held_out_tokens']} held out; {s['n_latents']} latents, k {s['k']}, batch {s['batch']}, "
+            f"{s['steps']} steps ({s['tokens']} tokens), lr {s['lr']}, {s['threads']} thread, runs in the order "
+            f"{', '.join(s['order'])}; 1-min load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores; "
+            f"measured {d['date']}. Speed ratio ours / eai-sparsify = **{d['speedup']}**:\n\n" + "\n".join(rows))
 
 
 def training(d):
-    s = d["setting"]
-    rows = ["| trainer | tokens/s | held-out FVU | seconds |", "|---|---|---|---|"]
-    for k, v in d["results"].items():
-        rows.append(f"| {k} | {v['tokens_per_s']} | {v['held_out_fvu']} | {v['seconds']} |")
-    return (f"Same stored activations ({s['activations']}, {s['stored_tokens']} vectors of {s['d_in']}), "
-            f"{s['n_latents']} latents, k {s['k']}, batch {s['batch']}, {s['steps']} steps ({s['tokens']} tokens), "
-            f"lr {s['lr']}, {s['threads']} threads; speed ratio ours/eai-sparsify = {d['speedup']}:\n\n" + "\n".join(rows))
+    if "setting" in d:
+        d = {"settings": {"sd15": d}}
+    return "\n\n".join(_training_setting(n, v) for n, v in d["settings"].items())
+
+
+NAMES = {"none": "no erasure", "negative_prompt": "negative prompt", "saeuron": "SAeUron (per-concept grid search)",
+         "saemnesia": "SAEmnesia (one latent, one multiplier)", "saemnesia_per": "SAEmnesia + PER (detect and replace)"}
+
+
+def _v(x):
+    return "-" if x is None else str(x)
+
+
+def minicanvas(d):
+    s = d["settings"]
+    rows = ["| method | objects UA | IRA | CRA | **avg** | styles UA | IRA | CRA | **avg** | artifacts |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, m in d["methods"].items():
+        cells = []
+        for kind in ("objects", "styles"):
+            v = m["summary"].get(kind, {})
+            cells += [str(v.get("UA", "-")), str(v.get("IRA", "-")), str(v.get("CRA", "-")), f"**{v.get('avg', '-')}**"]
+        rows.append(f"| {NAMES.get(key, key)} | " + " | ".join(cells) + f" | {m['artifact_rate']}% |")
+    g = d["saeuron_search"]
+    multi = ["| erased at once | " + " | ".join(NAMES[k].split(" (")[0] for k in ("negative_prompt", "saeuron", "saemnesia", "saemnesia_per")) + " |",
+             "|---|---|---|---|---|"]
+    for group, res in d["multi_concept"]["results"].items():
+        multi.append(f"| {group.replace('_', ' ')} | " + " | ".join(
+            f"{_v(res[k]['UA'])} / {_v(res[k]['IRA'])} / {_v(res[k]['CRA'])}" for k in ("negative_prompt", "saeuron", "saemnesia", "saemnesia_per")) + " |")
+    seq = ["| objects erased | " + " | ".join(NAMES[k].split(" (")[0] for k in d["sequential"]["results"]) + " |",
+           "|---|" + "---|" * len(d["sequential"]["results"])]
+    n_steps = max((len(v) for v in d["sequential"]["results"].values()), default=0)
+    for i in range(n_steps):
+        seq.append(f"| {i + 1} | " + " | ".join(f"{_v(v[i]['UA'])} / {_v(v[i]['IRA'])} / {_v(v[i]['CRA'])}"
+                                                 for v in d["sequential"]["results"].values()) + " |")
+    para = d["paraphrases"]["UA"]
+    par = ["| method | objects UA | styles UA |", "|---|---|---|"] + [
+        f"| {NAMES.get(k, k)} | {v['objects']} | {v['styles']} |" for k, v in para.items()]
+    dm, run = d["demo_model"], d["run"]
+    return (f"Answer set: {s['answer_set']} ({s['steps']} DDIM steps, CFG {s['cfg']}); every object and every style "
+            f"erased in turn; means over the 6 targets of each kind. The demo model itself: object "
+            f"{dm['object_acc']}%, style {dm['style_acc']}%. SAeUron: {g['settings_per_concept']} (tau, gamma) settings per "
+            f"concept, {g['settings_evaluated']} evaluated on validation seeds {s['validation_seeds']}. Artifacts: share of "
+            f"images neither classifier places in any class with probability >= {s['artifact_confidence']}. "
+            f"Run: {run['images']} images in {run['seconds']:.0f} s, {run['threads']} threads, {run['date']}.\n\n"
+            + "\n".join(rows)
+            + f"\n\nSeveral concepts at once (UA / IRA / CRA, seeds {d['multi_concept']['seeds']}):\n\n" + "\n".join(multi)
+            + f"\n\nSequential erasure of the objects in the order {', '.join(d['sequential']['order'])} (UA over the erased "
+              f"ones / IRA over the rest / CRA):\n\n" + "\n".join(seq)
+            + f"\n\nParaphrased prompts (e.g. {'; '.join(repr(e) for e in d['paraphrases']['examples'])}): UA on the "
+              f"target's own paraphrased prompts:\n\n" + "\n".join(par)
+            + "\n\n![MiniCanvas benchmark](benchmarks/results/minicanvas.png)")
 
 
 def main():
     readme = os.path.join(REPO, "README.md")
     with open(readme, encoding="utf-8") as f:
         text = f.read()
-    for name, fn in (("overhead", overhead), ("training", training)):
+    for name, fn in (("overhead", overhead), ("training", training), ("minicanvas", minicanvas)):
         path = os.path.join(RESULTS, f"{name}.json")
         if not os.path.isfile(path):
             continue

@@ -102,7 +102,7 @@ class TrainSAEFromPrompts(io.ComfyNode):
         stem = os.path.splitext(os.path.basename(out_path))[0]
         run_dir = os.path.join(folder_paths.get_output_directory(), "saemnesia_runs", stem)
         collect_settings = {"prompts": [[p.text, p.labels] for p in prompts], "hook": hook, "steps": steps, "cfg": cfg,
-                            "sampler": sampler_name, "scheduler": scheduler, "seeds": seeds_per_prompt, "seed": seed,
+                            "sampler": sampler_name, "scheduler": scheduler, "seeds": seeds_per_prompt, "seed": seed, "noise": "one batch per prompt",
                             "shape": list(samples.shape)}
         jobs = len(prompts) * seeds_per_prompt
         total = jobs + train_steps + 1
@@ -170,16 +170,15 @@ def _collect(model, clip, prompts, hook, d_in, samples, settings, run_dir, pbar)
     def check_interrupt(*_):
         comfy.model_management.throw_exception_if_processing_interrupted()
 
-    job = 0
+    # all seeds of a prompt in one batch (prepare_noise draws each batch item from the seed)
+    batch = samples[:1].repeat(settings["seeds"], *([1] * (samples.dim() - 1)))
     for pid, p in enumerate(prompts):
         cond = clip.encode_from_tokens_scheduled(clip.tokenize(p.text))
         current["prompt"] = pid
-        for s in range(settings["seeds"]):
-            noise = comfy.sample.prepare_noise(samples, settings["seed"] + s)
-            comfy.sample.sample(probe, noise, settings["steps"], settings["cfg"], settings["sampler"], settings["scheduler"],
-                                cond, empty, samples, callback=check_interrupt, disable_pbar=True, seed=settings["seed"] + s)
-            job += 1
-            pbar.update_absolute(job)
+        noise = comfy.sample.prepare_noise(batch, settings["seed"])
+        comfy.sample.sample(probe, noise, settings["steps"], settings["cfg"], settings["sampler"], settings["scheduler"],
+                            cond, empty, batch, callback=check_interrupt, disable_pbar=True, seed=settings["seed"])
+        pbar.update_absolute((pid + 1) * settings["seeds"])
     store = writer.close()
     save_json_atomic(settings, stamp)
     return store

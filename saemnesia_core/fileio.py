@@ -17,6 +17,9 @@ def atomic_path(path: str):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should read like any saved file
     try:
         yield tmp
         with open(tmp, "rb") as f:
@@ -37,3 +40,9 @@ def save_json_atomic(obj, path: str):
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=1)
+
+
+def copy_atomic(src: str, dst: str):
+    import shutil
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)

@@ -1,0 +1,73 @@
+"""The benchmark's metrics follow UnlearnCanvas's definitions; merged worker results equal one run's."""
+import torch
+
+from saemnesia_core.minicanvas import data
+from saemnesia_core.minicanvas.bench import Answers, merge, paraphrase, summarize, validation_pairs
+
+
+def answers(pred_obj, pred_style):
+    pairs = [(o, s) for o in range(6) for s in range(6)]
+    objs = torch.tensor([o for o, _ in pairs])
+    styles = torch.tensor([s for _, s in pairs])
+    return Answers(objs, styles, pred_obj(objs, styles), pred_style(objs, styles), torch.ones(36, dtype=torch.bool))
+
+
+def test_object_metrics_ua_ira_cra():
+    star = data.OBJECTS.index("star")
+    # star images now read as circles, half of the hearts are misread, styles of star images all lost
+    a = answers(lambda o, s: torch.where(o == star, 0, torch.where((o == 5) & (s < 3), 0, o)),
+                lambda o, s: torch.where(o == star, (s + 1) % 6, s))
+    m = a.metrics(["star"])
+    assert m["UA"] == 100.0  # every star image is no longer a star
+    assert m["IRA"] == round(100 * (30 - 3) / 30, 2)  # the other 30 object images, 3 misread
+    assert m["CRA"] == round(100 * 30 / 36, 2)  # style accuracy over all images
+    assert m["avg"] == round((m["UA"] + m["IRA"] + m["CRA"]) / 3, 2)
+
+
+def test_style_metrics_and_multiple_targets():
+    a = answers(lambda o, s: o, lambda o, s: torch.where(s < 2, 5, s))  # solid + stripes read as gradient
+    m = a.metrics(["solid", "stripes"])
+    assert (m["UA"], m["IRA"], m["CRA"]) == (100.0, 100.0, 100.0)
+    assert a.metrics(["dots"])["UA"] == 0.0
+    assert a.metrics(["dots"])["IRA"] == round(100 * (30 - 12) / 30, 2)
+
+
+def test_validation_pairs_hold_the_target_and_each_neighbour():
+    for t in data.OBJECTS + data.STYLES:
+        pairs = validation_pairs(t)
+        assert len(pairs) == len(set(pairs)) == 11
+        idx = 0 if t in data.OBJECTS else 1
+        names = data.OBJECTS if t in data.OBJECTS else data.STYLES
+        assert {p[idx] for p in pairs} == set(range(6))
+        assert sum(p[idx] == names.index(t) for p in pairs) == 6
+
+
+def test_paraphrases_change_words_or_order():
+    for o in data.OBJECTS:
+        for s in data.STYLES:
+            for i in range(3):
+                p = paraphrase(o, s, i)
+                assert p != data.prompt_for(data.OBJECTS.index(o), data.STYLES.index(s))
+
+
+def test_merged_worker_results_have_both_kinds():
+    def part(targets, kind):
+        m = {t: {"UA": 50.0, "IRA": 90.0, "CRA": 80.0, "avg": 73.33} for t in targets}
+        return {"methods": {"none": {"targets": m, "artifact_rate": 1.0 if kind == "objects" else 3.0}},
+                "saeuron_search": {"settings_evaluated": 6, "chosen": {t: {} for t in targets}},
+                "multi_concept": {"results": {kind + "_2": {}}},
+                "sequential": {"order": list(data.OBJECTS) if kind == "objects" else [],
+                               "results": {"saemnesia": [{}] if kind == "objects" else []}},
+                "paraphrases": {"UA": {"none": {"targets": {t: 0.0 for t in targets},
+                                                "objects": 1.0 if kind == "objects" else None,
+                                                "styles": 2.0 if kind == "styles" else None}}},
+                "run": {"images": 10, "sampling_seconds": 1.0, "seconds": 2.0}, "demo_model": {}}
+    out = merge([part(data.OBJECTS, "objects"), part(data.STYLES, "styles")])
+    assert set(out["methods"]["none"]["targets"]) == set(data.OBJECTS + data.STYLES)
+    assert out["methods"]["none"]["artifact_rate"] == 2.0
+    assert out["methods"]["none"]["summary"] == summarize(out["methods"]["none"]["targets"])
+    assert set(out["methods"]["none"]["summary"]) == {"objects", "styles"}
+    assert out["saeuron_search"]["settings_evaluated"] == 12
+    assert out["sequential"]["order"] == list(data.OBJECTS) and out["sequential"]["results"]["saemnesia"]
+    assert out["paraphrases"]["UA"]["none"]["objects"] == 1.0 and out["paraphrases"]["UA"]["none"]["styles"] == 2.0
+    assert out["run"]["images"] == 20
