@@ -35,6 +35,33 @@ def _overhead_demo(d):
             + "\n".join(rows))
 
 
+def _overhead_sd15(d):
+    s = d["setting"]
+    rows = ["| variant | median seconds | overhead |", "|---|---|---|",
+            f"| no erase | {d['seconds_median']['none']} | - |"]
+    for k, v in d["overhead_percent"].items():
+        rows.append(f"| Erase Concepts, {k} | {d['seconds_median'][k]} | {v:+.2f}% |")
+    return (f"KSampler on the SD1.5 shape ({s['image']} px, {s['steps']} steps, CFG {s['cfg']}, SAE on "
+            f"{s['hook']}: {s['positions']} positions x {s['d_in']} channels, {s['n_latents']} latents, k {s['k']}), "
+            f"{s['repeats']} alternating repeats, {s['device']}, {s['threads']} threads; measured {d['date']}:\n\n"
+            + "\n".join(rows))
+
+
+def _overhead_demo(d):
+    s = d["setting"]
+    rows = ["| variant | SAE | median seconds | overhead |", "|---|---|---|---|",
+            f"| no erase | - | {d['seconds_median']['none']} | - |"]
+    for k, v in d["overhead_percent"].items():
+        e = d["saes"][k]
+        rows.append(f"| Erase Concepts, {e['mode']}, '{e['concept']}' | {k.split(', ')[0]}: {e['n_latents']} latents, "
+                    f"k {e['k']} | {d['seconds_median'][k]} | {v:+.2f}% |")
+    load = d.get("loadavg_after")
+    return (f"KSampler on the MiniCanvas demo model ({s['image']} px, {s['steps']} steps {s['sampler']}, CFG {s['cfg']}, "
+            f"'{s['prompt']}'), {s['repeats']} alternating repeats, {s['device']}, {s['threads']} thread; measured "
+            f"{d['date']}" + (f", load average {load[0]:.1f} on {os.cpu_count()} cores" if load else "") + ":\n\n"
+            + "\n".join(rows))
+
+
 def overhead(d):
     if "setting" in d:  # the first format: one SD1.5 result
         d = {"sd15": {**d, "date": "2026-11-23"}}
@@ -47,11 +74,13 @@ def _training_setting(name, d):
     for k, v in d["results"].items():
         rows.append(f"| {k} | {v['tokens_per_s']} | {v['held_out_fvu']} | {v['seconds']} |")
     loads = [x for v in d["results"].values() for r in v["runs"] for x in r["loadavg_1min_before_after"]]
+    speedups = d["speedup"] if isinstance(d["speedup"], dict) else {"saemnesia": d["speedup"]}
     return (f"**{name}**: {s['activations']}; {s['stored_tokens']} training vectors of {s['d_in']}, "
             f"{s['held_out_tokens']} held out; {s['n_latents']} latents, k {s['k']}, batch {s['batch']}, "
             f"{s['steps']} steps ({s['tokens']} tokens), lr {s['lr']}, {s['threads']} thread, runs in the order "
             f"{', '.join(s['order'])}; 1-min load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores; "
-            f"measured {d['date']}. Speed ratio ours / eai-sparsify = **{d['speedup']}**:\n\n" + "\n".join(rows))
+            f"measured {d['date']}. Speed vs eai-sparsify: "
+            + ", ".join(f"{who} **{r}x**" for who, r in speedups.items()) + ":\n\n" + "\n".join(rows))
 
 
 def training(d):
