@@ -49,7 +49,7 @@ VALIDATION_SEEDS = [500]  # never in the answer set; also what calibration uses
 CONFIDENT = 0.5  # artifact: neither classifier gives any class at least this probability
 TAUS = [0.99, 0.999]  # with 512 latents: about the top 5 and the top 1 per timestep
 GAMMAS = [-2.0, -8.0, -30.0]
-GLOBAL_MULTIPLIERS = [-1.5, -5.0, -20.0, -50.0]
+GLOBAL_MULTIPLIERS = [-1.5, -5.0, -20.0, -50.0, -100.0, -200.0]
 PARAPHRASE_OBJECTS = {"circle": "round disc", "square": "box", "triangle": "three-sided shape", "cross": "plus sign",
                       "star": "five-pointed star", "heart": "love heart"}
 PARAPHRASE_STYLES = {"solid": "plain filled", "stripes": "striped", "dots": "polka dot", "checker": "checkerboard",
@@ -242,32 +242,47 @@ def grid_search_saeuron(bench: Bench, methods: Methods, targets, seeds, log, tau
             "gammas": gammas, "validation": "per setting: the target's 6 prompts + 1 prompt of each other concept", "chosen": {t: {"tau": c["tau"], "gamma": c["gamma"]} for t, c in methods.saeuron_choice.items()}}
 
 
-def calibrate_multiplier(bench: Bench, loaded, kind: str, seeds=VALIDATION_SEEDS, candidates=GLOBAL_MULTIPLIERS,
-                         log=print):
-    """SAEmnesia's one global multiplier: the candidate with the best mean score over all the
-    SAE's concepts of its kind on validation seeds (no per-concept choice)."""
+def _validation_score(bench: Bench, loaded, kind: str, seeds, **eraser) -> float:
     names = list(data.OBJECTS if kind == "objects" else data.STYLES)
-    results = {}
+    scores = []
+    for t in names:
+        er = ConceptEraser(loaded.sae, loaded.index, [t], **eraser)
+        scores.append(bench.answer_set(seeds, pairs=validation_pairs(t), edits=[(loaded.info.hook_point, er)])
+                      .metrics([t])["avg"])
+    return round(sum(scores) / len(scores), 2)
+
+
+def calibrate(bench: Bench, loaded, kind: str, seeds=VALIDATION_SEEDS, candidates=GLOBAL_MULTIPLIERS, log=print,
+              known: dict | None = None) -> dict:
+    """SAEmnesia's one global multiplier: the candidate with the best mean score over all the
+    SAE's concepts of its kind on validation seeds (never per concept). Also scores detect and
+    replace (PER), so that erase mode 'auto' can default to whichever works better here."""
+    # `known`: an earlier calibration of this file on the same seeds; its scores are reused
+    same = bool(known) and known.get("validation_seeds") == list(seeds)
+    done = {float(m): v for m, v in (known or {}).get("mean_score_by_multiplier", {}).items()} if same else {}
+    by_multiplier = {}
     for m in candidates:
-        scores = []
-        for t in names:
-            er = ConceptEraser(loaded.sae, loaded.index, [t], mode="neuron", multiplier=m)
-            scores.append(bench.answer_set(seeds, pairs=validation_pairs(t), edits=[(loaded.info.hook_point, er)])
-                          .metrics([t])["avg"])
-        results[m] = round(sum(scores) / len(scores), 2)
-        log(f"calibration {os.path.basename(loaded.info.source)}: multiplier {m} -> mean score {results[m]}")
-    return max(results, key=results.get), results
+        if m in done:
+            by_multiplier[m] = done[m]
+            continue
+        by_multiplier[m] = _validation_score(bench, loaded, kind, seeds, mode="neuron", multiplier=m)
+        log(f"calibration {os.path.basename(loaded.info.source)}: neuron x {m} -> mean score {by_multiplier[m]}")
+    best = max(by_multiplier, key=by_multiplier.get)
+    replace = known["mean_score_replace"] if same and "mean_score_replace" in known else \
+        _validation_score(bench, loaded, kind, seeds, mode="replace")
+    log(f"calibration {os.path.basename(loaded.info.source)}: replace -> mean score {replace}")
+    return {"multiplier": best, "mean_score_by_multiplier": by_multiplier, "mean_score_replace": replace,
+            "default_mode": "replace" if replace > by_multiplier[best] else "neuron", "validation_seeds": list(seeds)}
 
 
 def calibrate_shipped(path: str, kind: str, threads: int = 1):
     loaded = load_sae(path)
-    bench = Bench(threads=threads)
-    best, results = calibrate_multiplier(bench, loaded, kind)
-    loaded.index.default_multiplier = float(best)
-    loaded.info.training["calibration"] = {"multiplier": best, "mean_score_by_multiplier": results,
-                                           "validation_seeds": VALIDATION_SEEDS}
+    result = calibrate(Bench(threads=threads), loaded, kind, known=loaded.info.training.get("calibration"))
+    loaded.index.default_multiplier = float(result["multiplier"])
+    loaded.index.default_mode = result["default_mode"]
+    loaded.info.training["calibration"] = result
     save_sae(path, loaded.sae, loaded.info)
-    print(f"{path}: default multiplier {best}", flush=True)
+    print(f"{path}: default multiplier {result['multiplier']}, default mode {result['default_mode']}", flush=True)
 
 
 def run(args) -> dict:
@@ -486,8 +501,15 @@ def main(argv=None):
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--workers", type=int, default=1,
                     help="2: objects and styles in two processes (one thread each), merged into one result")
+    ap.add_argument("--merge", nargs="+", metavar="PART.json", help="merge results of runs on disjoint targets")
     args = ap.parse_args(argv)
-    if args.workers > 1 and not args.targets:
+    if args.merge:
+        parts = []
+        for path in args.merge:
+            with open(path, encoding="utf-8") as f:
+                parts.append(json.load(f))
+        results = merge(parts)
+    elif args.workers > 1 and not args.targets:
         results = run_split(args, argv or [])
     else:
         results = run(args)
