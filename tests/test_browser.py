@@ -60,8 +60,9 @@ def server(tmp_path_factory, comfy, pack):
     save_sae(str(base / "models" / "sae" / "thing.safetensors"), sae, SAEInfo("output_blocks.5.1", "sd1", index, {}))
     write_returning_user_settings(str(base))
     # the demo model's SAEs come from the pack's models/sae (or candidates to try, see tools/workflows.py)
+    # one torch thread: on a shared CPU, a second spinning OpenMP thread made sampling many times slower
     srv = ComfyServer(str(base), {"checkpoints": {"sd15-random.safetensors": comfy_env.sd15_random_checkpoint()},
-                                  "sae": candidate_saes()})
+                                  "sae": candidate_saes()}, threads=1)
     srv.start()
     yield srv
     srv.stop()
@@ -146,7 +147,7 @@ def test_demo_erase_workflow_runs_in_the_browser(server, tmp_path):
     saves = [n["id"] for n in ui["nodes"] if n["type"] == "SaveImage"]
     assert set(shown) == set(saves)
     for nid in saves:
-        assert len(shown[nid]) == 4 and all(im["width"] == 32 for im in shown[nid]), shown[nid]
+        assert len(shown[nid]) == 4 and all(im["width"] == 128 for im in shown[nid]), shown[nid]  # 32 px x 4
 
 
 @pytest.mark.parametrize("name", NAMES)

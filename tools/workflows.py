@@ -37,6 +37,7 @@ PORTS: dict[str, tuple[list, list]] = {
     "KSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                   ("latent_image", "LATENT")], [("LATENT", "LATENT")]),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
+    "ImageScaleBy": ([("image", "IMAGE")], [("IMAGE", "IMAGE")]),
     "SaveImage": ([("images", "IMAGE")], []),
     "PreviewImage": ([("images", "IMAGE")], []),
     "PreviewAny": ([("source", "*")], []),
@@ -199,11 +200,12 @@ STYLES = "solid, stripes, dots, checker, outline, gradient"
 # The settings the demo model was evaluated with (docs/minicanvas.md)
 SEED, STEPS, CFG, SAMPLER, SCHEDULER = 7, 25, 4.0, "ddim", "ddim_uniform"
 BATCH = 4  # a few seeds per picture: KSampler draws one noise per batch item
+VIEW_SCALE = 4  # 32 px pictures are enlarged (nearest: every pixel a 4x4 block) to be seen on the nodes
 
 BEFORE_COLOR, AFTER_COLOR = "#3f789e", "#a1309b"
 # Layout (canvas units): loaders on the left, prompts and SAE nodes in the middle, one column
 # per model to the right (KSampler, VAE Decode, Save Image); _view() sets the opening zoom.
-LEFT, MID, COLUMN, COLUMN_STEP, ROW_STEP = 20, 390, 830, 360, 650
+LEFT, MID, COLUMN, COLUMN_STEP, ROW_STEP, WIDE = 20, 390, 830, 400, 670, 360  # WIDE: column node width
 
 
 def _view(scale: float) -> dict:
@@ -233,24 +235,31 @@ def _load_sae(g: UIGraph, y: int, name: str, kind: str):
     return g.add("SAEmnesiaLoadSAE", (LEFT, y), (340, 82), [name], title=f"Load SAE ({kind})")
 
 
-def _erase(g: UIGraph, pos, concepts: str, title: str, model, sae):
-    return g.add("SAEmnesiaEraseConcepts", pos, (400, 250), [concepts, "auto", 1.0, 0.0, "both", 0.0, 1.0],
+def _erase(g: UIGraph, pos, concepts: str, title: str, model, sae, width: int = 400):
+    return g.add("SAEmnesiaEraseConcepts", pos, (width, 250), [concepts, "auto", 1.0, 0.0, "both", 0.0, 1.0],
                  title=title, links={"model": model, "sae": sae})
 
 
+def _enlarge(g: UIGraph, pos, image):
+    return g.add("ImageScaleBy", pos, (210, 82), ["nearest-exact", float(VIEW_SCALE)], title=f"{VIEW_SCALE}x to view",
+                 links={"image": image})
+
+
 def _sample_and_save(g: UIGraph, x: int, y: int, model, positive, negative, latent, vae, title: str, prefix: str):
-    """KSampler (the demo model's settings, fixed seed) -> VAE Decode -> Save Image; returns (KSampler, Save)."""
-    k = g.add("KSampler", (x, y), (320, 262), [SEED, "fixed", STEPS, CFG, SAMPLER, SCHEDULER, 1.0],
+    """KSampler (the demo model's settings, fixed seed) -> VAE Decode -> enlarge -> Save Image;
+    returns (KSampler, Save)."""
+    k = g.add("KSampler", (x, y), (WIDE, 262), [SEED, "fixed", STEPS, CFG, SAMPLER, SCHEDULER, 1.0],
               title=f"KSampler ({title})",
               links={"model": model, "positive": (positive, 0), "negative": (negative, 0), "latent_image": (latent, 0)})
-    dec = g.add("VAEDecode", (x, y + 285), (210, 46), links={"samples": (k, 0), "vae": vae})
-    return k, g.add("SaveImage", (x, y + 350), (320, 270), [prefix], title=title, links={"images": (dec, 0)})
+    dec = g.add("VAEDecode", (x, y + 285), (140, 46), links={"samples": (k, 0), "vae": vae})
+    big = _enlarge(g, (x + 150, y + 285), (dec, 0))
+    return k, g.add("SaveImage", (x, y + 390), (WIDE, 250), [prefix], title=title, links={"images": (big, 0)})
 
 
 def _column(g: UIGraph, c: int, title: str, color: str, rows: int = 1, height: int | None = None):
     """x of model column c, framed by a titled group."""
     x = COLUMN + c * COLUMN_STEP
-    g.group(title, (x - 20, -30, COLUMN_STEP, height or 690 + (rows - 1) * ROW_STEP), color)
+    g.group(title, (x - 20, -30, COLUMN_STEP, height or 710 + (rows - 1) * ROW_STEP), color)
     return x
 
 
@@ -258,7 +267,7 @@ ERASE_ONE_NOTE = (
     "SAEmnesia on the MiniCanvas demo model: erase one concept\n\n"
     "The bundled demo model draws 6 objects (circle, square, triangle, cross, star, heart) in 6 styles "
     "(solid, stripes, dots, checker, outline, gradient) from prompts like 'a star in stripes style'. "
-    "It runs offline on a CPU in seconds.\n\n"
+    "It runs offline on a CPU in seconds; its 32x32 pictures are enlarged 4x (nearest) only to be seen.\n\n"
     "Both KSamplers use the same prompt, seeds and settings (DDIM, 25 steps, CFG 4, a batch of 4): "
     "Before samples the model as it is, After the model patched by Erase Concepts, which erases 'star' with the "
     "shipped objects SAE (SAEmnesia: one latent per concept; mode 'auto' uses the SAE's own method).\n\n"
@@ -288,7 +297,8 @@ ERASE_SEVERAL_NOTE = (
     "- After A: ONE Erase Concepts node with the objects SAE and 'star, heart': both objects go at once.\n"
     "- After B: TWO chained Erase Concepts nodes, each with its own SAE: 'star' with the objects SAE, then "
     "'stripes' with the styles SAE. Erase nodes stack like any model patch.\n"
-    "In column B the heart in dots is neither erased concept, so it should stay as it was.\n\n"
+    "In column B the heart in dots is neither erased concept, so it should stay as it was. "
+    "(Pictures enlarged 4x to be seen.)\n\n"
     "The concept names come from each SAE's index: objects circle, square, triangle, cross, star, heart; "
     "styles solid, stripes, dots, checker, outline, gradient."
 )
@@ -337,14 +347,15 @@ def inspect_neuron_minicanvas() -> dict:
                                   "SAEmnesia/inspect_generated")
     for i, (sae_file, concept, kind) in enumerate(((OBJECTS_SAE, "star", "objects"), (STYLES_SAE, "stripes", "styles"))):
         sae = _load_sae(g, 300 + i * 110, sae_file, kind)
-        x = _column(g, 1 + i, f"Where '{concept}' fires", AFTER_COLOR, height=930)
-        ins = g.add("SAEmnesiaInspectNeuron", (x, 20), (320, 330),
+        x = _column(g, 1 + i, f"Where '{concept}' fires", AFTER_COLOR, height=1000)
+        ins = g.add("SAEmnesiaInspectNeuron", (x, 20), (WIDE, 302),
                     [-1, concept, 12, STEPS, SCHEDULER, SEED, "fixed"], title=f"Inspect Neuron: {concept}",
                     links={"model": (loader, 0), "sae": (sae, 0), "vae": (loader, 2), "positive": (positive, 0),
                            "latent": (sampler, 0)})
-        g.add("SaveImage", (x, 380), (320, 300), [f"SAEmnesia/inspect_{concept}"], title=f"Heatmap: {concept}",
-              links={"images": (ins, 0)})
-        g.add("PreviewAny", (x, 680), (320, 200), title=f"Summary: {concept}", links={"source": (ins, 1)})
+        big = _enlarge(g, (x, 340), (ins, 0))
+        g.add("SaveImage", (x, 450), (WIDE, 250), [f"SAEmnesia/inspect_{concept}"], title=f"Heatmap: {concept}",
+              links={"images": (big, 0)})
+        g.add("PreviewAny", (x, 740), (WIDE, 200), title=f"Summary: {concept}", links={"source": (ins, 1)})
     return g.workflow(**_view(0.65))
 
 
@@ -370,12 +381,11 @@ def train_then_erase_minicanvas() -> dict:
                    STEPS, CFG, SAMPLER, SCHEDULER, 1, 0, "fixed", 8, 16, 600, 1024, 0.001, True, True],
                   title="Train SAE from Prompts (1-3 min on a CPU)",
                   links={"model": (loader, 0), "clip": (loader, 1), "latent": (latent, 0)})
-    erase = _erase(g, (COLUMN, 20), "star", "Erase Concepts: star", (loader, 0), (train, 0))
-    g.add("PreviewAny", (COLUMN, 300), (400, 300), title="Training report", links={"source": (train, 1)})
+    erase = _erase(g, (COLUMN, 20), "star", "Erase Concepts: star", (loader, 0), (train, 0), width=WIDE)
+    g.add("PreviewAny", (COLUMN, 300), (WIDE, 300), title="Training report", links={"source": (train, 1)})
     for c, (title, model, tag) in enumerate((("Before", (loader, 0), "before"),
                                              ("After (star erased)", (erase, 0), "after"))):
-        x = _column(g, c + 1, title, (BEFORE_COLOR, AFTER_COLOR)[c]) + 60  # past the wider Erase column
-        g.groups[-1]["bounding"][0] += 60
+        x = _column(g, c + 1, title, (BEFORE_COLOR, AFTER_COLOR)[c])
         _sample_and_save(g, x, 20, model, pos["prompt"], neg, latent, (loader, 2), title,
                          f"SAEmnesia/train_then_erase_{tag}")
     return g.workflow(**_view(0.6))
