@@ -24,7 +24,7 @@ bench: setup
 	$(PY) -m pip install -q -r requirements-bench.txt -c constraints.txt
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/training_throughput.py
-	HF_HUB_OFFLINE=1 $(PY) -m saemnesia_core.bench minicanvas
+	HF_HUB_OFFLINE=1 $(PY) -m saemnesia_core.bench minicanvas --workers 2
 	$(PY) benchmarks/tables.py
 
 clean:
