@@ -22,44 +22,24 @@ def _overhead_sd15(d):
 
 def _overhead_demo(d):
     s = d["setting"]
-    rows = ["| variant | SAE | median seconds | overhead |", "|---|---|---|---|",
-            f"| no erase | - | {d['seconds_median']['none']} | - |"]
+    hook = d.get("hook_only", {})
+    rows = ["| variant | SAE | median CPU s | overhead (CPU) | median wall s | overhead (wall) | hook alone, ms/step |",
+            "|---|---|---|---|---|---|---|",
+            f"| no erase | - | {d['seconds_median']['none']} | - | {d['wall_seconds_median']['none']} | - | "
+            f"(UNet step {hook.get('unet_step_ms', '-')}) |"]
     for k, v in d["overhead_percent"].items():
         e = d["saes"][k]
+        h = hook.get("variants", {}).get(k)
         rows.append(f"| Erase Concepts, {e['mode']}, '{e['concept']}' | {k.split(', ')[0]}: {e['n_latents']} latents, "
-                    f"k {e['k']} | {d['seconds_median'][k]} | {v:+.2f}% |")
-    load = d.get("loadavg_after")
+                    f"k {e['k']} | {d['seconds_median'][k]} | {v:+.2f}% | {d['wall_seconds_median'][k]} | "
+                    f"{d['wall_overhead_percent'][k]:+.2f}% | "
+                    + (f"{h['ms_per_step']} (= {h['percent_of_a_step']:+.2f}%)" if h else "-") + " |")
+    load = [x[0] for x in (d.get("loadavg_before"), d.get("loadavg_after")) if x]
     return (f"KSampler on the MiniCanvas demo model ({s['image']} px, {s['steps']} steps {s['sampler']}, CFG {s['cfg']}, "
-            f"'{s['prompt']}'), {s['repeats']} alternating repeats, {s['device']}, {s['threads']} thread; measured "
-            f"{d['date']}" + (f", load average {load[0]:.1f} on {os.cpu_count()} cores" if load else "") + ":\n\n"
-            + "\n".join(rows))
-
-
-def _overhead_sd15(d):
-    s = d["setting"]
-    rows = ["| variant | median seconds | overhead |", "|---|---|---|",
-            f"| no erase | {d['seconds_median']['none']} | - |"]
-    for k, v in d["overhead_percent"].items():
-        rows.append(f"| Erase Concepts, {k} | {d['seconds_median'][k]} | {v:+.2f}% |")
-    return (f"KSampler on the SD1.5 shape ({s['image']} px, {s['steps']} steps, CFG {s['cfg']}, SAE on "
-            f"{s['hook']}: {s['positions']} positions x {s['d_in']} channels, {s['n_latents']} latents, k {s['k']}), "
-            f"{s['repeats']} alternating repeats, {s['device']}, {s['threads']} threads; measured {d['date']}:\n\n"
-            + "\n".join(rows))
-
-
-def _overhead_demo(d):
-    s = d["setting"]
-    rows = ["| variant | SAE | median seconds | overhead |", "|---|---|---|---|",
-            f"| no erase | - | {d['seconds_median']['none']} | - |"]
-    for k, v in d["overhead_percent"].items():
-        e = d["saes"][k]
-        rows.append(f"| Erase Concepts, {e['mode']}, '{e['concept']}' | {k.split(', ')[0]}: {e['n_latents']} latents, "
-                    f"k {e['k']} | {d['seconds_median'][k]} | {v:+.2f}% |")
-    load = d.get("loadavg_after")
-    return (f"KSampler on the MiniCanvas demo model ({s['image']} px, {s['steps']} steps {s['sampler']}, CFG {s['cfg']}, "
-            f"'{s['prompt']}'), {s['repeats']} alternating repeats, {s['device']}, {s['threads']} thread; measured "
-            f"{d['date']}" + (f", load average {load[0]:.1f} on {os.cpu_count()} cores" if load else "") + ":\n\n"
-            + "\n".join(rows))
+            f"'{s['prompt']}'), {s['repeats']} alternating repeats, {s['device']}, {s['threads']} thread, overhead from "
+            f"the process's CPU time; measured {d['date']}"
+            + (f", 1-min load average {min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores" if load else "")
+            + ":\n\n" + "\n".join(rows))
 
 
 def overhead(d):
@@ -70,9 +50,10 @@ def overhead(d):
 
 def _training_setting(name, d):
     s = d["setting"]
-    rows = ["| trainer | tokens/s | held-out FVU | seconds (mean of runs) |", "|---|---|---|---|"]
+    rows = ["| trainer | tokens/s (CPU time) | held-out FVU | CPU seconds | wall seconds |", "|---|---|---|---|---|"]
     for k, v in d["results"].items():
-        rows.append(f"| {k} | {v['tokens_per_s']} | {v['held_out_fvu']} | {v['seconds']} |")
+        rows.append(f"| {k} | {v['tokens_per_s']} | {v['held_out_fvu']} | {v.get('cpu_seconds', v.get('seconds'))} | "
+                    f"{v.get('wall_seconds', '-')} |")
     loads = [x for v in d["results"].values() for r in v["runs"] for x in r["loadavg_1min_before_after"]]
     speedups = d["speedup"] if isinstance(d["speedup"], dict) else {"saemnesia": d["speedup"]}
     return (f"**{name}**: {s['activations']}; {s['stored_tokens']} training vectors of {s['d_in']}, "
