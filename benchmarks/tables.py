@@ -59,7 +59,7 @@ def _training_setting(name, d):
     return (f"**{name}**: {s['activations']}; {s['stored_tokens']} training vectors of {s['d_in']}, "
             f"{s['held_out_tokens']} held out; {s['n_latents']} latents, k {s['k']}, batch {s['batch']}, "
             f"{s['steps']} steps ({s['tokens']} tokens), lr {s['lr']}, {s['threads']} thread, runs in the order "
-            f"{', '.join(s['order'])}; 1-min load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores; "
+            f"{' -> '.join(s['order'])}; 1-min load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores; "
             f"measured {d['date']}. Speed vs eai-sparsify: "
             + ", ".join(f"{who} **{r}x**" for who, r in speedups.items()) + ":\n\n" + "\n".join(rows))
 
