@@ -461,7 +461,6 @@ def summarize(per_target: dict) -> dict:
 
 
 def plot(results: dict, path: str):
-    import numpy as np
     from PIL import Image, ImageDraw
     methods = list(results["methods"])
     kinds = ["objects", "styles"]
@@ -486,7 +485,6 @@ def plot(results: dict, path: str):
     d.line([pad, pad, pad, h - pad], fill="black")
     d.text((4, pad - 6), "100", fill="black")
     d.text((12, h - pad - 6), "0", fill="black")
-    np.asarray(img)  # fail early if PIL produced nothing
     tmp = path + ".tmp.png"
     img.save(tmp)
     os.replace(tmp, path)
