@@ -69,6 +69,9 @@ class ConceptIndex:
     concepts: dict[str, Concept] = field(default_factory=dict)
     default_mode: str = "ablate"
     default_multiplier: float = -1.5
+    # replace mode detects a concept where a latent exceeds detect_scale x its threshold
+    # (0: wherever it is active); calibrated per SAE, like the multiplier
+    detect_scale: float = 1.0
 
     # --- lookup ---------------------------------------------------------------------
     def names(self, kind: str | None = None) -> list[str]:
@@ -111,7 +114,7 @@ class ConceptIndex:
     # --- (de)serialisation ----------------------------------------------------------
     def to_json(self):
         return {"timesteps": _r(self.timesteps), "default_mode": self.default_mode,
-                "default_multiplier": self.default_multiplier,
+                "default_multiplier": self.default_multiplier, "detect_scale": self.detect_scale,
                 "concepts": {n: c.to_json() for n, c in self.concepts.items()}}
 
     @classmethod
@@ -120,7 +123,10 @@ class ConceptIndex:
             raise SAEError("concept index must be a JSON object; re-create the SAE file")
         idx = cls(timesteps=[float(t) for t in d.get("timesteps", [])],
                   default_mode=d.get("default_mode", "ablate"),
-                  default_multiplier=float(d.get("default_multiplier", -1.5)))
+                  default_multiplier=float(d.get("default_multiplier", -1.5)),
+                  detect_scale=float(d.get("detect_scale", 1.0)))
+        if not idx.detect_scale >= 0:
+            raise SAEError(f"concept index detect_scale {idx.detect_scale} must be 0 or more; re-create the SAE file")
         if idx.default_mode not in MODES:
             raise SAEError(f"concept index default_mode '{idx.default_mode}' is not one of {MODES}")
         for name, c in d.get("concepts", {}).items():

@@ -34,7 +34,8 @@ class ConceptEraser:
     """Callable that erases the given concepts from one block's output."""
 
     def __init__(self, sae: TopKSAE, index: ConceptIndex, concepts: list[str], mode: str = "auto",
-                 strength: float = 1.0, multiplier: float | None = None, seed: int = 0):
+                 strength: float = 1.0, multiplier: float | None = None, seed: int = 0,
+                 detect_scale: float | None = None):
         if mode == "auto":
             mode = index.default_mode
         if mode not in MODES:
@@ -44,6 +45,7 @@ class ConceptEraser:
         self.concepts = list(concepts)
         n_buckets = max(1, len(index.timesteps))
         self.index = index
+        self.detect_scale = index.detect_scale if detect_scale is None else float(detect_scale)
         self.targets = [self._target(index, b, multiplier) for b in range(n_buckets)]
         self._device_targets: dict = {}
         self._sae_cache: dict = {}
@@ -70,8 +72,9 @@ class ConceptEraser:
                 raise SAEError(f"Concept '{c.name}' has no latent selection in this SAE's index; "
                                "rebuild the index (Train SAE from Prompts) or use neuron:<index>.")
             sel = c.selections[min(bucket, len(c.selections) - 1)]
+            scale = self.detect_scale if self.mode == "replace" else 1.0
             for i, thr, mean in zip(sel.latents, sel.threshold, sel.concept_mean):
-                chosen.setdefault(i, (thr, mean, m))
+                chosen.setdefault(i, (thr * scale, mean, m))
         ids = list(chosen)
         vals = torch.tensor([chosen[i] for i in ids], dtype=torch.float32).view(-1, 3)
         return erasure.ErasureTarget(torch.tensor(ids, dtype=torch.long), vals[:, 0], vals[:, 1], vals[:, 2])

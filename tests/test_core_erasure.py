@@ -155,3 +155,22 @@ def test_a_map_without_the_concept_is_returned_as_is():
         er = ConceptEraser(sae, _index(L), ["thing"], mode=mode)
         assert er(h, 120.0) is h  # late bucket's threshold is never reached: no copy, no re-layout
         assert er(h, 880.0) is not h
+
+
+def test_detect_scale_sets_where_replace_detects_and_round_trips():
+    sae, L, x = firing_setup()
+    h = x[:20].unsqueeze(0)  # every token has latent L active, at about the same strength
+    strength = detect(h[0], sae, target(L))[1]
+    thr = float(strength.median())  # above this on about half of the tokens
+    idx = ConceptIndex(timesteps=[500.0], default_mode="replace",
+                       concepts={"thing": Concept("thing", "object", L, [Selection([L], [1.0], [2.0], [thr])])})
+    as_stored = ConceptEraser(sae, idx, ["thing"]).targets[0]
+    assert float(as_stored.threshold[0]) == pytest.approx(thr)
+    idx.detect_scale = 0.0  # wherever the latent is active: every token
+    anywhere = ConceptEraser(sae, ConceptIndex.from_json(idx.to_json()), ["thing"]).targets[0]
+    assert float(anywhere.threshold[0]) == 0.0
+    assert int(detect(h[0], sae, as_stored)[0].sum()) < 20 == int(detect(h[0], sae, anywhere)[0].sum())
+    # only replace reads it: ablate keeps the concept's firing threshold
+    assert float(ConceptEraser(sae, idx, ["thing"], mode="ablate").targets[0].threshold[0]) == pytest.approx(thr)
+    with pytest.raises(SAEError, match="detect_scale"):
+        ConceptIndex.from_json({**idx.to_json(), "detect_scale": -1})
