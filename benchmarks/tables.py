@@ -8,6 +8,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
 
 
+def _calibrated(s: dict) -> str:
+    """The supervised SAEs' calibrated settings, as the run used them."""
+    sup = {kind: v["saemnesia"] for kind, v in s["saes"].items()}
+    text = "SAEmnesia: the SAE's calibrated multiplier (" + ", ".join(
+        f"{kind} x{v['default_multiplier']}" for kind, v in sup.items()) + ")"
+    if all("detect_scale" in v for v in sup.values()):
+        text += "; PER: its calibrated detection scale (" + ", ".join(
+            f"{kind} {v['detect_scale']}" for kind, v in sup.items()) + "; 0 = wherever the latent is active)"
+    return text + ". "
+
+
 def _overhead_sd15(d):
     s = d["setting"]
     rows = ["| variant | median seconds | overhead |", "|---|---|---|",
@@ -108,7 +119,11 @@ def minicanvas(d):
             f"erased in turn; means over the 6 targets of each kind. The demo model itself: object "
             f"{dm['object_acc']}%, style {dm['style_acc']}%. SAeUron: {g['settings_per_concept']} (tau, gamma) settings per "
             f"concept, {g['settings_evaluated']} evaluated on validation seeds {s['validation_seeds']}. Artifacts: share of "
-            f"images neither classifier places in any class with probability >= {s['artifact_confidence']}. "
+            f"images neither classifier places in any class with probability >= {s['artifact_confidence']}"
+            + (f", or that the erasure broke (pixel noise level raised by more than {s['broken_noise_margin']} over the "
+               "unedited sample; a broken picture counts as no class in UA, IRA and CRA). " if "broken_noise_margin" in s
+               else ". ")
+            + _calibrated(s) +
             f"Run: {run['images']} images in {run['seconds']:.0f} s, {run['threads']} threads, {run['date']}.\n\n"
             + "\n".join(rows)
             + f"\n\nSeveral concepts at once (UA / IRA / CRA, seeds {d['multi_concept']['seeds']}):\n\n" + "\n".join(multi)

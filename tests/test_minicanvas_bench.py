@@ -2,14 +2,37 @@
 import torch
 
 from saemnesia_core.minicanvas import data
-from saemnesia_core.minicanvas.bench import Answers, merge, paraphrase, summarize, validation_pairs
+from saemnesia_core.minicanvas.bench import (NOISE_MARGIN, Answers, merge, noise_level, paraphrase, summarize,
+                                             validation_pairs)
 
 
-def answers(pred_obj, pred_style):
+def answers(pred_obj, pred_style, broken=None):
     pairs = [(o, s) for o in range(6) for s in range(6)]
     objs = torch.tensor([o for o, _ in pairs])
     styles = torch.tensor([s for _, s in pairs])
-    return Answers(objs, styles, pred_obj(objs, styles), pred_style(objs, styles), torch.ones(36, dtype=torch.bool))
+    broken = torch.zeros(36, dtype=torch.bool) if broken is None else broken(objs, styles)
+    return Answers(objs, styles, pred_obj(objs, styles), pred_style(objs, styles), torch.ones(36, dtype=torch.bool),
+                   broken)
+
+
+def test_a_picture_drowned_in_noise_counts_as_no_class():
+    """Classifiers trained to be robust to noise still name the shape under heavy noise:
+    such a picture must not count as a clean erasure that kept the style."""
+    star = data.OBJECTS.index("star")
+    a = answers(lambda o, s: o, lambda o, s: s, broken=lambda o, s: (o == star) | ((o == 0) & (s == 0)))
+    m = a.metrics(["star"])
+    assert m["UA"] == 100.0  # the stars are gone...
+    assert m["IRA"] == round(100 * 29 / 30, 2)  # ...but so is the broken circle
+    assert m["CRA"] == round(100 * 29 / 36, 2)  # and the broken pictures lost their style
+    assert a.artifact_rate == round(100 * 7 / 36, 2)  # confident, yet artifacts
+
+
+def test_noise_level_separates_noisy_from_patterned_pictures():
+    imgs, _, styles = data.make_dataset(72, seed=3)
+    clean = noise_level(imgs)
+    assert clean.max() < 3  # stripes, dots, checker edges are a minority of pixels
+    noisy = noise_level((imgs + 0.12 * torch.randn(imgs.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1))
+    assert (noisy > clean + NOISE_MARGIN).all()
 
 
 def test_object_metrics_ua_ira_cra():

@@ -47,6 +47,13 @@ TEMPLATE = "a {object} in {style} style"  # data.prompt_for's
 TEST_SEEDS = [0, 1, 2]
 VALIDATION_SEEDS = [500]  # never in the answer set; also what calibration uses
 CONFIDENT = 0.5  # artifact: neither classifier gives any class at least this probability
+# Broken picture: the erasure added this much pixel noise (noise_level, 0..255 units) over
+# the unedited sample of the same prompt and seed. The classifiers, trained to be robust to
+# noise, still name the class of a picture drowned in noise, so confidence alone misses these.
+# Clean model samples differ by at most ~3 between benign edits; a visibly noisy one by 5+.
+NOISE_MARGIN = 4.0
+SCORING = "v2: broken pictures count as no class"  # calibration scores are reused only if equal
+DETECT_SCALES = [1.0, 0.0]  # replace mode: detect above the latent's mean / wherever active
 TAUS = [0.99, 0.999]  # with 512 latents: about the top 5 and the top 1 per timestep
 GAMMAS = [-2.0, -8.0, -30.0]
 GLOBAL_MULTIPLIERS = [-1.5, -5.0, -20.0, -50.0, -100.0, -200.0]
@@ -77,6 +84,16 @@ def paraphrase(obj: str, style: str, i: int) -> str:
     return [f"{s} {o}", f"a picture of a {o}, {style} style", f"{style} style, a {obj}"][i % 3]
 
 
+def noise_level(images: torch.Tensor) -> torch.Tensor:
+    """Per image: the median over pixels of |pixel - its 3x3 median| (channel mean, 0..255).
+    Edges and patterns touch a minority of pixels, so the median stays near the flat areas'
+    grain; noise spread over the picture raises it."""
+    x = (images.float().clamp(-1, 1) + 1) * 127.5
+    win = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate").unfold(2, 3, 1).unfold(3, 3, 1)
+    local_median = win.reshape(*win.shape[:4], 9).median(-1).values
+    return (x - local_median).abs().mean(1).flatten(1).median(1).values
+
+
 @dataclass
 class Answers:
     """Classifier read-outs of one batch of samples, with what each was prompted with."""
@@ -85,6 +102,7 @@ class Answers:
     pred_obj: torch.Tensor
     pred_style: torch.Tensor
     confident: torch.Tensor  # some classifier is sure of some class
+    broken: torch.Tensor  # the edit drowned the picture in noise: counts as no class at all
 
     def metrics(self, targets: list[str]) -> dict:
         """UA over the targets' images; IRA over the other concepts of their kind; CRA on the other kind."""
@@ -92,6 +110,7 @@ class Answers:
         truth, pred, other_truth, other_pred, names = (
             (self.objs, self.pred_obj, self.styles, self.pred_style, data.OBJECTS) if kind == "objects"
             else (self.styles, self.pred_style, self.objs, self.pred_obj, data.STYLES))
+        pred, other_pred = pred.masked_fill(self.broken, -1), other_pred.masked_fill(self.broken, -1)
         ids = torch.tensor([names.index(t) for t in targets])
         on = torch.isin(truth, ids)
         ua = float((pred[on] != truth[on]).float().mean()) if on.any() else float("nan")
@@ -102,8 +121,12 @@ class Answers:
         return {k: round(v, 2) for k, v in out.items()}
 
     @property
+    def artifacts(self) -> torch.Tensor:
+        return ~self.confident | self.broken
+
+    @property
     def artifact_rate(self) -> float:
-        return round(100 * float((~self.confident).float().mean()), 2)
+        return round(100 * float(self.artifacts.float().mean()), 2)
 
 
 class Bench:
@@ -114,6 +137,7 @@ class Bench:
         self.clf, _ = load_classifiers()
         self.steps, self.cfg, self.batch, self.log = steps, cfg, batch, log
         self._text: dict[str, torch.Tensor] = {}
+        self._unedited_noise: dict[tuple[str, int], float] = {}
         self._t = {"t": 0.0}
         self.images = 0
         self.seconds = 0.0
@@ -156,19 +180,36 @@ class Bench:
         return torch.cat(out)
 
     @torch.no_grad()
-    def judge(self, images, objs, styles) -> Answers:
+    def judge(self, images, objs, styles, broken=None) -> Answers:
         x = images.float().clamp(-1, 1)
         po, ps = self.clf.object(x).softmax(1), self.clf.style(x).softmax(1)
         confident = (po.max(1).values >= CONFIDENT) | (ps.max(1).values >= CONFIDENT)
-        return Answers(torch.as_tensor(objs), torch.as_tensor(styles), po.argmax(1), ps.argmax(1), confident)
+        broken = torch.zeros(len(x), dtype=torch.bool) if broken is None else broken
+        return Answers(torch.as_tensor(objs), torch.as_tensor(styles), po.argmax(1), ps.argmax(1), confident, broken)
+
+    def unedited_noise(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        """noise_level of the unedited samples of these (prompt, seed) rows, sampled once each."""
+        keys = list(zip(prompts, seeds))
+        missing = list(dict.fromkeys(k for k in keys if k not in self._unedited_noise))
+        if missing:
+            imgs = self.sample([p for p, _ in missing], [sd for _, sd in missing])
+            self._unedited_noise.update(zip(missing, noise_level(imgs).tolist()))
+        return torch.tensor([self._unedited_noise[k] for k in keys])
 
     def answer_set(self, seeds, pairs=None, edits=(), negative="", words=None) -> Answers:
         """All prompts (or the given (object, style) index pairs) x seeds."""
         pairs = pairs or [(o, s) for o in range(len(data.OBJECTS)) for s in range(len(data.STYLES))]
         rows = [(o, s, seed) for seed in seeds for o, s in pairs]
         prompts = [words(o, s, seed) if words else data.prompt_for(o, s) for o, s, seed in rows]
-        imgs = self.sample(prompts, [seed for _, _, seed in rows], edits, negative)
-        return self.judge(imgs, [o for o, _, _ in rows], [s for _, s, _ in rows])
+        seed_list = [seed for _, _, seed in rows]
+        imgs = self.sample(prompts, seed_list, edits, negative)
+        level = noise_level(imgs)
+        if edits or negative:
+            broken = level > self.unedited_noise(prompts, seed_list) + NOISE_MARGIN
+        else:
+            self._unedited_noise.update(zip(zip(prompts, seed_list), level.tolist()))
+            broken = None
+        return self.judge(imgs, [o for o, _, _ in rows], [s for _, s, _ in rows], broken)
 
 
 # --- methods: each returns the (block, fn) edits for a set of target concepts ------------------
@@ -253,26 +294,30 @@ def _validation_score(bench: Bench, loaded, kind: str, seeds, **eraser) -> float
 
 
 def calibrate(bench: Bench, loaded, kind: str, seeds=VALIDATION_SEEDS, candidates=GLOBAL_MULTIPLIERS, log=print,
-              known: dict | None = None) -> dict:
+              known: dict | None = None, detect_scales=DETECT_SCALES) -> dict:
     """SAEmnesia's one global multiplier: the candidate with the best mean score over all the
-    SAE's concepts of its kind on validation seeds (never per concept). Also scores detect and
-    replace (PER), so that erase mode 'auto' can default to whichever works better here."""
-    # `known`: an earlier calibration of this file on the same seeds; its scores are reused
-    same = bool(known) and known.get("validation_seeds") == list(seeds)
-    done = {float(m): v for m, v in (known or {}).get("mean_score_by_multiplier", {}).items()} if same else {}
-    by_multiplier = {}
-    for m in candidates:
-        if m in done:
-            by_multiplier[m] = done[m]
-            continue
-        by_multiplier[m] = _validation_score(bench, loaded, kind, seeds, mode="neuron", multiplier=m)
-        log(f"calibration {os.path.basename(loaded.info.source)}: neuron x {m} -> mean score {by_multiplier[m]}")
-    best = max(by_multiplier, key=by_multiplier.get)
-    replace = known["mean_score_replace"] if same and "mean_score_replace" in known else \
-        _validation_score(bench, loaded, kind, seeds, mode="replace")
-    log(f"calibration {os.path.basename(loaded.info.source)}: replace -> mean score {replace}")
-    return {"multiplier": best, "mean_score_by_multiplier": by_multiplier, "mean_score_replace": replace,
-            "default_mode": "replace" if replace > by_multiplier[best] else "neuron", "validation_seeds": list(seeds)}
+    SAE's concepts of its kind on validation seeds (never per concept). Likewise replace
+    (PER)'s one detection scale, so that erase mode 'auto' defaults to whichever works better."""
+    # `known`: an earlier calibration of this file with the same seeds and scoring; its scores are reused
+    same = bool(known) and known.get("validation_seeds") == list(seeds) and known.get("scoring") == SCORING
+    name = os.path.basename(loaded.info.source)
+
+    def scores(key, values, eraser):
+        done = {float(v): sc for v, sc in (known or {}).get(key, {}).items()} if same else {}
+        out = {}
+        for v in values:
+            out[v] = done[v] if v in done else _validation_score(bench, loaded, kind, seeds, **eraser(v))
+            log(f"calibration {name}: {key} {v} -> {out[v]}")
+        return out
+
+    by_multiplier = scores("mean_score_by_multiplier", candidates, lambda m: {"mode": "neuron", "multiplier": m})
+    by_scale = scores("mean_score_replace_by_detect_scale", detect_scales,
+                      lambda d: {"mode": "replace", "detect_scale": d})
+    best, best_scale = max(by_multiplier, key=by_multiplier.get), max(by_scale, key=by_scale.get)
+    return {"multiplier": best, "mean_score_by_multiplier": by_multiplier, "detect_scale": best_scale,
+            "mean_score_replace_by_detect_scale": by_scale,
+            "default_mode": "replace" if by_scale[best_scale] > by_multiplier[best] else "neuron",
+            "validation_seeds": list(seeds), "scoring": SCORING, "noise_margin": NOISE_MARGIN}
 
 
 def calibrate_shipped(path: str, kind: str, threads: int = 1):
@@ -280,9 +325,11 @@ def calibrate_shipped(path: str, kind: str, threads: int = 1):
     result = calibrate(Bench(threads=threads), loaded, kind, known=loaded.info.training.get("calibration"))
     loaded.index.default_multiplier = float(result["multiplier"])
     loaded.index.default_mode = result["default_mode"]
+    loaded.index.detect_scale = float(result["detect_scale"])
     loaded.info.training["calibration"] = result
     save_sae(path, loaded.sae, loaded.info)
-    print(f"{path}: default multiplier {result['multiplier']}, default mode {result['default_mode']}", flush=True)
+    print(f"{path}: default multiplier {result['multiplier']}, detect scale {result['detect_scale']}, "
+          f"default mode {result['default_mode']}", flush=True)
 
 
 def run(args) -> dict:
@@ -297,9 +344,11 @@ def run(args) -> dict:
     out = {"settings": {"test_seeds": seeds, "validation_seeds": VALIDATION_SEEDS, "steps": bench.steps,
                         "cfg": bench.cfg, "sampler": "DDIM (eta 0), SD1 schedule; = KSampler ddim/ddim_uniform",
                         "answer_set": f"36 prompts x {len(seeds)} seeds", "artifact_confidence": CONFIDENT,
+                        "broken_noise_margin": NOISE_MARGIN,
                         "saes": {k: {m: {"file": os.path.basename(s.info.source), "block": s.info.hook_point,
                                          "latents": s.sae.n_latents, "k": s.sae.k,
-                                         "default_multiplier": s.index.default_multiplier}
+                                         "default_multiplier": s.index.default_multiplier,
+                                         "detect_scale": s.index.detect_scale}
                                      for m, s in v.items()} for k, v in saes.items()}},
            "methods": {}}
 
