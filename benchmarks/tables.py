@@ -121,7 +121,7 @@ def minicanvas(d):
             f"concept, {g['settings_evaluated']} evaluated on validation seeds {s['validation_seeds']}. Artifacts: share of "
             f"images neither classifier places in any class with probability >= {s['artifact_confidence']}"
             + (f", or that the erasure broke (pixel noise level raised by more than {s['broken_noise_margin']} over the "
-               "unedited sample; a broken picture counts as no class in UA, IRA and CRA). " if "broken_noise_margin" in s
+               "unedited sample; a broken picture fails UA, IRA and CRA alike). " if "broken_noise_margin" in s
                else ". ")
             + _calibrated(s) +
             f"Run: {run['images']} images in {run['seconds']:.0f} s, {run['threads']} threads, {run['date']}.\n\n"

@@ -52,7 +52,7 @@ CONFIDENT = 0.5  # artifact: neither classifier gives any class at least this pr
 # noise, still name the class of a picture drowned in noise, so confidence alone misses these.
 # Clean model samples differ by at most ~3 between benign edits; a visibly noisy one by 5+.
 NOISE_MARGIN = 4.0
-SCORING = "v2: broken pictures count as no class"  # calibration scores are reused only if equal
+SCORING = "v3: a broken picture fails UA, IRA and CRA"  # calibration scores are reused only if equal
 DETECT_SCALES = [1.0, 0.0]  # replace mode: detect above the latent's mean / wherever active
 TAUS = [0.99, 0.999]  # with 512 latents: about the top 5 and the top 1 per timestep
 GAMMAS = [-2.0, -8.0, -30.0]
@@ -102,7 +102,7 @@ class Answers:
     pred_obj: torch.Tensor
     pred_style: torch.Tensor
     confident: torch.Tensor  # some classifier is sure of some class
-    broken: torch.Tensor  # the edit drowned the picture in noise: counts as no class at all
+    broken: torch.Tensor  # the edit drowned the picture in noise: neither erased (UA) nor kept (IRA, CRA)
 
     def metrics(self, targets: list[str]) -> dict:
         """UA over the targets' images; IRA over the other concepts of their kind; CRA on the other kind."""
@@ -113,7 +113,8 @@ class Answers:
         pred, other_pred = pred.masked_fill(self.broken, -1), other_pred.masked_fill(self.broken, -1)
         ids = torch.tensor([names.index(t) for t in targets])
         on = torch.isin(truth, ids)
-        ua = float((pred[on] != truth[on]).float().mean()) if on.any() else float("nan")
+        erased = (pred != truth) & ~self.broken  # ruining the picture is not erasing the concept
+        ua = float(erased[on].float().mean()) if on.any() else float("nan")
         ira = float((pred[~on] == truth[~on]).float().mean()) if (~on).any() else float("nan")
         cra = float((other_pred == other_truth).float().mean())
         out = {"UA": 100 * ua, "IRA": 100 * ira, "CRA": 100 * cra}
