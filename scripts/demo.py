@@ -3,8 +3,10 @@ MiniCanvas demo model, and leave the before/after images in a folder.
 
 The graph is the shipped `workflows/api/erase_one_concept_minicanvas.json` (its UI twin is in
 ComfyUI's template browser): Load MiniCanvas Demo Model -> Load SAE (the shipped objects SAE)
--> Erase Concepts ("star", mode auto) -> KSampler, next to the same KSampler on the untouched
-model. The shipped classifiers then say what each picture shows.
+-> Erase Concepts (mode auto) -> KSampler, next to the same KSampler on the untouched model. By
+default it erases the object "star"; `--concept` (repeatable) erases others, each with the
+shipped SAE of its kind (objects or styles). The shipped
+classifiers then say what each picture shows.
 """
 import argparse
 import json
@@ -21,8 +23,23 @@ from tools.comfy_server import ComfyServer  # noqa: E402
 WORKFLOW = os.path.join(REPO, "workflows", "api", "erase_one_concept_minicanvas.json")
 
 
+SHIPPED_SAE = {"object": "minicanvas_objects_saemnesia.safetensors",
+               "style": "minicanvas_styles_saemnesia.safetensors"}
+
+
+def concept_kind(concept: str) -> str:
+    from saemnesia_core.minicanvas.data import OBJECTS, STYLES
+    if concept in OBJECTS:
+        return "object"
+    if concept in STYLES:
+        return "style"
+    sys.exit(f"[demo] '{concept}' is not a MiniCanvas concept; the demo model knows the objects "
+             f"{', '.join(OBJECTS)} and the styles {', '.join(STYLES)}")
+
+
 def erase_graph(concept: str, prompt: str, seeds: int) -> tuple[dict, dict]:
-    """The shipped workflow with the prompt, concept and batch size set; and its save nodes."""
+    """The shipped workflow with the prompt, concept (and the SAE for its kind) and batch size
+    set; and its save nodes."""
     with open(WORKFLOW, encoding="utf-8") as f:
         graph = json.load(f)
     saves = {}
@@ -32,6 +49,8 @@ def erase_graph(concept: str, prompt: str, seeds: int) -> tuple[dict, dict]:
             inputs["text"] = prompt
         elif kind == "SAEmnesiaEraseConcepts":
             inputs["concepts"] = concept
+        elif kind == "SAEmnesiaLoadSAE":
+            inputs["sae_name"] = SHIPPED_SAE[concept_kind(concept)]
         elif kind == "EmptyChromaRadianceLatentImage":
             inputs["batch_size"] = seeds
         elif kind == "SaveImage":
@@ -52,45 +71,35 @@ def classify(paths):
                      .permute(2, 0, 1) for p in paths])
     with torch.no_grad():
         o, s = clf.predict(x)
-    return [f"{OBJ[i]} / {STY[j]}" for i, j in zip(o.tolist(), s.tolist())]
+    return [(OBJ[i], STY[j]) for i, j in zip(o.tolist(), s.tolist())]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--serve", action="store_true", help="keep the server running and print its URL")
     ap.add_argument("--port", type=int, default=8199)
-    ap.add_argument("--concept", default="star")
+    ap.add_argument("--concept", action="append",
+                    help="concept to erase; repeat for one run per concept (default: star)")
     ap.add_argument("--prompt", default="a star in stripes style")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--out", default=os.path.join(REPO, "demo-output"))
     args = ap.parse_args()
+    concepts = args.concept or ["star"]
+    kinds = [concept_kind(c) for c in concepts]  # fail on a typo before starting the server
 
     base = os.path.join(REPO, ".cache", "demo-comfy")
     server = ComfyServer(base, port=args.port)
     print(f"[demo] starting ComfyUI at {server.url} ...", flush=True)
     server.start()
     try:
-        t0 = time.time()
-        graph, saves = erase_graph(args.concept, args.prompt, args.seeds)
-        entry = server.run(graph)
         if os.path.isdir(args.out):
             shutil.rmtree(args.out)
-        os.makedirs(args.out)
-        saved = {}
-        for tag, nid in saves.items():
-            for i, img in enumerate(entry["outputs"][nid]["images"]):
-                dst = os.path.join(args.out, f"{tag}_{i}.png")
-                shutil.copyfile(os.path.join(base, "output", img["subfolder"], img["filename"]), dst)
-                saved.setdefault(tag, []).append(dst)
-        seen = {tag: classify(paths) for tag, paths in saved.items()}
+        report = {"prompt": args.prompt, "workflow": os.path.relpath(WORKFLOW, REPO), "runs": []}
+        for concept, kind in zip(concepts, kinds):
+            report["runs"].append(run_one(server, base, concept, kind, args))
         with open(os.path.join(args.out, "report.json"), "w") as f:
-            json.dump({"seconds": round(time.time() - t0, 1), "prompt": args.prompt, "erased": args.concept,
-                       "classifier_says": seen, "images": saved,
-                       "workflow": os.path.relpath(WORKFLOW, REPO)}, f, indent=1)
-        print(f"[demo] prompt '{args.prompt}', erasing '{args.concept}'")
-        for tag in ("before", "after"):
-            print(f"[demo]   {tag:6s}: " + "; ".join(seen[tag]))
-        print(f"[demo] before/after images in {args.out}")
+            json.dump(report, f, indent=1)
+        print(f"[demo] before/after images in {args.out}/<concept>/, summary in {args.out}/report.json")
         if args.serve:
             print(f"[demo] ComfyUI is running at {server.url} (Ctrl-C to stop)")
             while True:
@@ -99,6 +108,31 @@ def main():
         pass
     finally:
         server.stop()
+
+
+def run_one(server, base, concept, kind, args) -> dict:
+    t0 = time.time()
+    graph, saves = erase_graph(concept, args.prompt, args.seeds)
+    entry = server.run(graph)
+    folder = os.path.join(args.out, concept)
+    os.makedirs(folder)
+    saved = {}
+    for tag, nid in saves.items():
+        for i, img in enumerate(entry["outputs"][nid]["images"]):
+            dst = os.path.join(folder, f"{tag}_{i}.png")
+            shutil.copyfile(os.path.join(base, "output", img["subfolder"], img["filename"]), dst)
+            saved.setdefault(tag, []).append(dst)
+    seen = {tag: classify(paths) for tag, paths in saved.items()}
+    slot = 0 if kind == "object" else 1
+    still = sum(pair[slot] == concept for pair in seen["after"])
+    print(f"[demo] prompt '{args.prompt}', erasing the {kind} '{concept}' with {SHIPPED_SAE[kind]}")
+    for tag in ("before", "after"):
+        print(f"[demo]   {tag:6s}: " + "; ".join(" / ".join(pair) for pair in seen[tag]))
+    print(f"[demo]   the classifier still sees '{concept}' in {still} of {len(seen['after'])} "
+          f"erased pictures")
+    return {"erased": concept, "kind": kind, "sae": SHIPPED_SAE[kind], "seconds": round(time.time() - t0, 1),
+            "classifier_says": {tag: [" / ".join(pair) for pair in pairs] for tag, pairs in seen.items()},
+            "still_seen_after": still, "images": saved}
 
 
 if __name__ == "__main__":
