@@ -8,6 +8,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
 
 
+def _broken(s: dict) -> str:
+    """How the run decided that an erasure broke a picture (older runs recorded less)."""
+    if "broken_denoise_margin" in s:
+        return (f", or that the erasure broke (compared with the unedited sample of the same prompt and seed: pixel "
+                f"noise level up by more than {s['broken_noise_margin']}, or the demo model's own denoising error up "
+                f"by more than {s['broken_denoise_margin']}, which catches colour blotches; a broken picture fails UA, "
+                "IRA and CRA alike). ")
+    if "broken_noise_margin" in s:
+        return (f", or that the erasure broke (pixel noise level raised by more than {s['broken_noise_margin']} over "
+                "the unedited sample; a broken picture fails UA, IRA and CRA alike). ")
+    return ". "
+
+
 def _calibrated(s: dict) -> str:
     """The supervised SAEs' calibrated settings, as the run used them."""
     sup = {kind: v["saemnesia"] for kind, v in s["saes"].items()}
@@ -120,9 +133,7 @@ def minicanvas(d):
             f"{dm['object_acc']}%, style {dm['style_acc']}%. SAeUron: {g['settings_per_concept']} (tau, gamma) settings per "
             f"concept, {g['settings_evaluated']} evaluated on validation seeds {s['validation_seeds']}. Artifacts: share of "
             f"images neither classifier places in any class with probability >= {s['artifact_confidence']}"
-            + (f", or that the erasure broke (pixel noise level raised by more than {s['broken_noise_margin']} over the "
-               "unedited sample; a broken picture fails UA, IRA and CRA alike). " if "broken_noise_margin" in s
-               else ". ")
+            + _broken(s)
             + _calibrated(s) +
             f"Run: {run['images']} images in {run['seconds']:.0f} s, {run['threads']} threads, {run['date']}.\n\n"
             + "\n".join(rows)

@@ -2,8 +2,10 @@
 import torch
 
 from saemnesia_core.minicanvas import data
-from saemnesia_core.minicanvas.bench import (NOISE_MARGIN, Answers, merge, noise_level, paraphrase, summarize,
-                                             validation_pairs)
+from saemnesia_core.minicanvas.bench import (DENOISE_MARGIN, NOISE_MARGIN, Answers, denoising_error, merge,
+                                             noise_level, paraphrase, summarize, validation_pairs)
+from saemnesia_core.minicanvas.text_encoder import encode_prompts
+from saemnesia_core.minicanvas.unet import load_demo_unet
 
 
 def answers(pred_obj, pred_style, broken=None):
@@ -99,3 +101,20 @@ def test_merged_worker_results_have_both_kinds():
     assert out["sequential"]["order"] == list(data.OBJECTS) and out["sequential"]["results"]["saemnesia"]
     assert out["paraphrases"]["UA"]["none"]["objects"] == 1.0 and out["paraphrases"]["UA"]["none"]["styles"] == 2.0
     assert out["run"]["images"] == 20
+
+
+def test_denoising_error_flags_colour_blotches_but_not_a_moved_shape():
+    """Replace mode can turn a shape into coarse colour blotches that the 3x3 noise measure
+    misses; the demo model's own denoising error must see them, and must not flag a benign
+    change (the same picture shifted by two pixels)."""
+    unet, _ = load_demo_unet()
+    eps = lambda x, t, ctx: unet(x, t, encoder_hidden_states=ctx).sample  # noqa: E731
+    uncond = encode_prompts([""])
+    clean, _, _ = data.make_dataset(8, seed=3)
+    gen = torch.Generator().manual_seed(1)
+    blobs = torch.nn.functional.interpolate(torch.rand(8, 3, 8, 8, generator=gen) * 2 - 1, scale_factor=4)
+    blotched = (0.5 * clean + 0.5 * blobs).clamp(-1, 1)
+    base = denoising_error(eps, clean, uncond)
+    assert (denoising_error(eps, blotched, uncond) > base + DENOISE_MARGIN).all()
+    assert ((denoising_error(eps, torch.roll(clean, 2, dims=3), uncond) - base).abs() < DENOISE_MARGIN / 3).all()
+    assert not (noise_level(blotched) > noise_level(clean) + NOISE_MARGIN).all()  # why the second measure exists
