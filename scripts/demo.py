@@ -2,11 +2,10 @@
 MiniCanvas demo model, and leave the before/after images in a folder.
 
 The graph is the shipped `workflows/api/erase_one_concept_minicanvas.json` (its UI twin is in
-ComfyUI's template browser): Load MiniCanvas Demo Model -> Load SAE (the shipped objects SAE)
--> Erase Concepts (mode auto) -> KSampler, next to the same KSampler on the untouched model. By
-default it erases the object "star"; `--concept` (repeatable) erases others, each with the
-shipped SAE of its kind (objects or styles). The shipped
-classifiers then say what each picture shows.
+ComfyUI's template browser): Load MiniCanvas Demo Model -> Load SAE -> Erase Concepts (mode
+auto) -> KSampler, next to the same KSampler on the untouched model. By default it erases the
+object "star"; `--concept` (repeatable) erases others, each with the shipped SAE of its kind
+(objects or styles). The shipped classifiers then say what each picture shows.
 """
 import argparse
 import json
@@ -18,6 +17,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from saemnesia_core.fileio import save_json_atomic  # noqa: E402
 from tools.comfy_server import ComfyServer  # noqa: E402
 
 WORKFLOW = os.path.join(REPO, "workflows", "api", "erase_one_concept_minicanvas.json")
@@ -84,7 +84,7 @@ def main():
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--out", default=os.path.join(REPO, "demo-output"))
     args = ap.parse_args()
-    concepts = args.concept or ["star"]
+    concepts = list(dict.fromkeys(args.concept or ["star"]))  # one output folder per concept
     kinds = [concept_kind(c) for c in concepts]  # fail on a typo before starting the server
 
     base = os.path.join(REPO, ".cache", "demo-comfy")
@@ -97,8 +97,7 @@ def main():
         report = {"prompt": args.prompt, "workflow": os.path.relpath(WORKFLOW, REPO), "runs": []}
         for concept, kind in zip(concepts, kinds):
             report["runs"].append(run_one(server, base, concept, kind, args))
-        with open(os.path.join(args.out, "report.json"), "w") as f:
-            json.dump(report, f, indent=1)
+        save_json_atomic(report, os.path.join(args.out, "report.json"))
         print(f"[demo] before/after images in {args.out}/<concept>/, summary in {args.out}/report.json")
         if args.serve:
             print(f"[demo] ComfyUI is running at {server.url} (Ctrl-C to stop)")
