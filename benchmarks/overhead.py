@@ -88,7 +88,7 @@ def run_sd15(args, pack):
     variants = {"none": model}
     for mode in ("ablate", "neuron", "replace"):
         eraser = ConceptEraser(loaded.sae, loaded.index, ["thing"], mode=mode)
-        variants[mode] = mp.erase_patch(model, loaded, eraser, False, 0.0, 1.0)
+        variants[mode] = mp.erase_patch(model, loaded, [eraser], False, 0.0, 1.0)
     times = timed_variants(run, variants, args.repeats)
     return {"setting": {"model": "SD1.5-shaped (random weights)", "image": args.size, "steps": args.steps, "cfg": 7.5,
                         "sampler": "euler / normal", "hook": "output_blocks.4.1", "positions": (args.size // 32) ** 2,
@@ -142,7 +142,7 @@ def run_demo(args, pack):
 
     def add(key, loaded, concept, mode, **extra):
         erasers[key] = (loaded.info.hook_point, ConceptEraser(loaded.sae, loaded.index, [concept], mode=mode))
-        variants[key] = mp.erase_patch(model, loaded, erasers[key][1], False, 0.0, 1.0)
+        variants[key] = mp.erase_patch(model, loaded, [erasers[key][1]], False, 0.0, 1.0)
         saes[key] = {"hook": loaded.info.hook_point, "n_latents": loaded.sae.n_latents, "k": loaded.sae.k,
                      "concept": concept, "mode": mode, **extra}
 

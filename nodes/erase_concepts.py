@@ -51,7 +51,8 @@ class EraseConcepts(io.ComfyNode):
         if not names:
             return io.NodeOutput(model)  # nothing to erase: pass the model through unchanged
         model_patch.check_compatible(model, sae)
-        eraser = ConceptEraser(sae.sae, sae.index, names, mode=mode, strength=strength,
-                               multiplier=None if multiplier == 0 else multiplier)
-        patched = model_patch.erase_patch(model, sae, eraser, apply_to == "cond only", start_percent, end_percent)
+        # an SAE set erases at every block it covers; each block has its own latents for the names
+        erasers = [ConceptEraser(m.sae, m.index, names, mode=mode, strength=strength,
+                                 multiplier=None if multiplier == 0 else multiplier) for m in sae.blocks]
+        patched = model_patch.erase_patch(model, sae, erasers, apply_to == "cond only", start_percent, end_percent)
         return io.NodeOutput(patched)

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from saemnesia_core import IncompatibleSAEError, LoadedSAE
+from saemnesia_core.checkpoint import CONTEXT
 
 log = logging.getLogger("saemnesia")
 
@@ -50,7 +51,32 @@ def block_width(module) -> int | None:
 
 
 def check_compatible(model, loaded: LoadedSAE):
+    """Every block of the SAE (set) exists in this model with the SAE's width."""
+    for member in loaded.blocks:
+        _check_block(model, member)
+
+
+def context_width(model) -> int | None:
+    """Width of the text states the model's cross-attentions read (the 'context' hook point)."""
+    dm = model.get_model_object("diffusion_model")
+    for name, mod in dm.named_modules():
+        if name.endswith("attn2") and hasattr(getattr(mod, "to_k", None), "in_features"):
+            return int(mod.to_k.in_features)
+    return None
+
+
+def _check_block(model, loaded: LoadedSAE):
     hook = loaded.info.hook_point
+    if hook == CONTEXT:
+        width = context_width(model)
+        if width is None:
+            raise IncompatibleSAEError("The SAE reads the text conditioning ('context'), but this model has no "
+                                       "cross-attention. Use an SAE trained for this model.")
+        if width != loaded.sae.d_in:
+            raise IncompatibleSAEError(
+                f"The SAE expects text states of width {loaded.sae.d_in}, but this model's cross-attention reads "
+                f"{width}. The SAE was made for another model family ({loaded.info.model_family}).")
+        return
     module = diffusion_module(model, hook)
     if module is None:
         blocks = ", ".join(transformer_blocks(model)) or "none"
@@ -109,40 +135,71 @@ def patch_block_output(model, hook_point: str, edit: BlockEdit):
     info: sigma, timestep (the model's 0..999), transformer_options. `edit` returns the
     (possibly) new output.
     """
-    m = model.clone()
-    key = f"diffusion_model.{hook_point}.forward"
-    inner = m.get_model_object(key)
-    model_sampling = m.get_model_object("model_sampling")
+    return patch_block_outputs(model, {hook_point: edit})
 
+
+def patch_block_outputs(model, edits: dict[str, BlockEdit]):
+    """One clone of `model` with `edit` run after each block named in `edits`."""
+    m = model.clone()
+    model_sampling = m.get_model_object("model_sampling")
+    for hook_point, edit in edits.items():
+        key = f"diffusion_model.{hook_point}.forward"
+        m.add_object_patch(key, _wrapped(m.get_model_object(key), edit, model_sampling))
+    return m
+
+
+def _wrapped(inner, edit: BlockEdit, model_sampling):
     def forward(*args, **kwargs):
         out = inner(*args, **kwargs)
         opts = _transformer_options(args, kwargs)
         sigma = current_sigma(opts)
         timestep = float(model_sampling.timestep(torch.tensor(sigma))) if sigma is not None else 0.0
         return edit(out, {"sigma": sigma, "timestep": timestep, "transformer_options": opts})
-
-    m.add_object_patch(key, forward)
-    return m
+    return forward
 
 
-def erase_patch(model, loaded: LoadedSAE, eraser, cond_only: bool, start_percent: float, end_percent: float):
-    """Clone of `model` whose block at the SAE's hook point runs `eraser` within the window."""
+def erase_patch(model, loaded: LoadedSAE, erasers: list, cond_only: bool, start_percent: float, end_percent: float):
+    """Clone of `model` in which each block of the SAE (set) runs its eraser (one per member of
+    `loaded.blocks`, same order) within the window."""
     check_compatible(model, loaded)
     ms = model.get_model_object("model_sampling")
     sigma_start, sigma_end = ms.percent_to_sigma(start_percent), ms.percent_to_sigma(end_percent)
 
-    def edit(h, info):
-        sigma = info["sigma"]
-        if sigma is None or not (sigma_end <= sigma <= sigma_start):
-            return h
-        return eraser(h, info["timestep"], half_rows(info["transformer_options"], h.shape[0], cond_only))
+    def edit_with(eraser):
+        def edit(h, info):
+            sigma = info["sigma"]
+            if sigma is None or not (sigma_end <= sigma <= sigma_start):
+                return h
+            return eraser(h, info["timestep"], half_rows(info["transformer_options"], h.shape[0], cond_only))
+        return edit
 
-    patched = patch_block_output(model, loaded.info.hook_point, edit)
-    # Listed as a model patch so ComfyUI's model management moves the SAE with the model
+    pairs = list(zip(loaded.blocks, erasers))
+    patched = patch_block_outputs(model, {m.info.hook_point: edit_with(e) for m, e in pairs if m.info.hook_point != CONTEXT})
+    for m, e in pairs:
+        if m.info.hook_point == CONTEXT:
+            patched.set_model_attn2_patch(_context_patch(edit_with(e), ms))
+    # Listed as model patches so ComfyUI's model management moves the SAEs with the model
     # (model_patches_to: device on load, model dtype, offload device on unload).
     patches = patched.model_options["transformer_options"].setdefault("patches", {})
-    patches.setdefault(SAE_PATCH_KEY, []).append(eraser)
+    patches.setdefault(SAE_PATCH_KEY, []).extend(erasers)
     return patched
+
+
+def _context_patch(edit: BlockEdit, model_sampling):
+    """An attn2 patch: the text states every cross-attention reads, edited before each read.
+    All blocks of one forward get the same context tensor; the edit runs once for it."""
+    last = {"in": None, "out": None}
+
+    def patch(n, context, value, extra_options):
+        if context is not last["in"]:
+            sigma = current_sigma(extra_options)
+            timestep = float(model_sampling.timestep(torch.tensor(sigma))) if sigma is not None else 0.0
+            last["in"], last["out"] = context, edit(context, {"sigma": sigma, "timestep": timestep,
+                                                              "transformer_options": extra_options})
+        out = last["out"]
+        return n, out, (out if value is context else value)
+
+    return patch
 
 
 def capture_patch(model, hook_point: str, sink: Callable[[torch.Tensor, dict], None], cond_only: bool = True):

@@ -1,6 +1,10 @@
 """One SAE file: a .safetensors holding the weights and, in its metadata, a JSON record
 (format version, hook point, model family, sizes, concept index, training record).
 
+A file may also hold an SAE *set*: one SAE per hook point (format version 2), so that a
+concept can be erased at every block where the prompt writes it, with one file and one
+Load SAE. The members share concept names; each has its own latents and index numbers.
+
 Also reads the EleutherAI-sparsify / SAeUron folder format (cfg.json + sae.safetensors),
 in which the published SAeUron and SAEmnesia SAEs for SD1.4/1.5 are distributed.
 """
@@ -22,8 +26,11 @@ from .fileio import save_safetensors_atomic
 from .sae import TopKSAE
 
 FORMAT = "saemnesia-sae"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: one SAE; 2: a set of SAEs, one per hook point (written only for sets)
 _MAX_HEADER = 100 * 1024 * 1024
+# The hook point of an SAE on the text conditioning itself: the token states that every
+# cross-attention of every transformer block reads (keys and values), rather than one block's output.
+CONTEXT = "context"
 
 
 @dataclass
@@ -37,24 +44,65 @@ class SAEInfo:
 
 @dataclass
 class LoadedSAE:
+    """One SAE on one block; for a file holding a set, the first member, with every member
+    (itself first) in `members`."""
+
     sae: TopKSAE
     info: SAEInfo
+    members: list["LoadedSAE"] = field(default_factory=list, repr=False)
 
     @property
     def index(self) -> ConceptIndex:
         return self.info.concept_index
 
+    @property
+    def blocks(self) -> list["LoadedSAE"]:
+        """Every SAE of the file, one per hook point (just this one for a one-block file)."""
+        return self.members or [self]
+
+    @property
+    def hook_points(self) -> list[str]:
+        return [m.info.hook_point for m in self.blocks]
+
     def describe(self) -> str:
         s = self.sae
+        if len(self.blocks) > 1:
+            return (f"SAE set on {len(self.blocks)} blocks ({', '.join(self.hook_points)}; {self.info.model_family}): "
+                    f"d_in {s.d_in}, {s.n_latents} latents, k {s.k} each; {self.index.summary()}")
         return (f"SAE on {self.info.hook_point} ({self.info.model_family}): d_in {s.d_in}, "
                 f"{s.n_latents} latents, k {s.k}; {self.index.summary()}")
 
 
+def _member_record(sae: TopKSAE, info: SAEInfo) -> dict:
+    return {"hook_point": info.hook_point, "d_in": sae.d_in, "n_latents": sae.n_latents, "k": sae.k,
+            "reserved_latents": sae.reserved.tolist(), "concept_index": info.concept_index.to_json()}
+
+
+def _tensors_of(sae: TopKSAE, prefix: str = "") -> dict:
+    return {prefix + n: getattr(sae, n) for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
+
+
 def save_sae(path: str, sae: TopKSAE, info: SAEInfo):
-    record = {"format": FORMAT, "format_version": FORMAT_VERSION, "hook_point": info.hook_point,
-              "model_family": info.model_family, "d_in": sae.d_in, "n_latents": sae.n_latents, "k": sae.k,
-              "reserved_latents": sae.reserved.tolist(), "concept_index": info.concept_index.to_json(), "training": info.training}
-    tensors = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
+    record = {"format": FORMAT, "format_version": 1, "model_family": info.model_family,
+              **_member_record(sae, info), "training": info.training}
+    save_safetensors_atomic(_tensors_of(sae), path, metadata={"format": FORMAT, "saemnesia": json.dumps(record)})
+
+
+def save_sae_set(path: str, members: list[tuple[TopKSAE, SAEInfo]], training: dict | None = None):
+    """One file holding one SAE per hook point (a one-member set is saved as a plain SAE)."""
+    if len(members) == 1:
+        sae, info = members[0]
+        return save_sae(path, sae, SAEInfo(info.hook_point, info.model_family, info.concept_index,
+                                           training if training is not None else info.training))
+    hooks = [info.hook_point for _, info in members]
+    if len(set(hooks)) != len(hooks):
+        raise SAEFileError(f"an SAE set needs one SAE per block; {hooks} repeats a block")
+    record = {"format": FORMAT, "format_version": 2, "model_family": members[0][1].model_family,
+              "blocks": [_member_record(sae, info) for sae, info in members],
+              "training": training if training is not None else members[0][1].training}
+    tensors = {}
+    for i, (sae, _) in enumerate(members):
+        tensors.update(_tensors_of(sae, f"blocks.{i}."))
     save_safetensors_atomic(tensors, path, metadata={"format": FORMAT, "saemnesia": json.dumps(record)})
 
 
@@ -84,29 +132,49 @@ def load_sae(path: str, device="cpu") -> LoadedSAE:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise SAEFileError(f"{os.path.basename(path)} has SAE format version {version}; this SAEmnesia reads up to "
                            f"{FORMAT_VERSION}. Update the SAEmnesia node pack.")
+    if not isinstance(record, dict):
+        raise SAEFileError(f"{os.path.basename(path)}: its metadata record is not a JSON object; the file is damaged. "
+                           "Re-create or re-download it.")
     tensors = _load_tensors(path)
-    sae = _build(tensors, {"W_enc": "W_enc", "b_enc": "b_enc", "W_dec": "W_dec", "b_dec": "b_dec"},
-                 int(record.get("k", 0)), os.path.basename(path), device)
+    name = os.path.basename(path)
+    family, training = record.get("model_family", "unknown"), record.get("training", {})
+    if version >= 2:
+        parts = record.get("blocks")
+        if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) for p in parts):
+            raise SAEFileError(f"{name}: an SAE set file must list its blocks; the file is damaged. Re-create it.")
+        members = [_member(tensors, p, f"blocks.{i}.", f"{name} block {i}", path, family, training, device)
+                   for i, p in enumerate(parts)]
+        hooks = [m.info.hook_point for m in members]
+        if len(set(hooks)) != len(hooks):
+            raise SAEFileError(f"{name}: its SAE set names a block twice ({hooks}); the file is damaged. Re-create it.")
+        first = members[0]
+        return LoadedSAE(first.sae, first.info, members)
+    return _member(tensors, record, "", name, path, family, training, device)
+
+
+def _member(tensors, record: dict, prefix: str, label: str, path: str, family, training, device) -> LoadedSAE:
+    """One SAE of a file: its tensors (under `prefix`) and its part of the metadata record."""
+    sae = _build(tensors, {n: prefix + n for n in ("W_enc", "b_enc", "W_dec", "b_dec")},
+                 int(record.get("k", 0)), label, device)
     for key in ("d_in", "n_latents"):
         if key in record and int(record[key]) != getattr(sae, key):
-            raise SAEFileError(f"{os.path.basename(path)}: metadata says {key}={record[key]} but the weights have "
+            raise SAEFileError(f"{label}: metadata says {key}={record[key]} but the weights have "
                                f"{getattr(sae, key)}; the file is inconsistent. Re-create it.")
     try:
         sae.set_reserved(record.get("reserved_latents", []))
     except (TypeError, ValueError) as e:
-        raise SAEFileError(f"{os.path.basename(path)}: bad reserved_latents ({e}); the file is damaged. Re-create it.") from None
+        raise SAEFileError(f"{label}: bad reserved_latents ({e}); the file is damaged. Re-create it.") from None
     try:
         index = ConceptIndex.from_json(record.get("concept_index", {}))
         index.validate(sae.n_latents)
     except SAEFileError:
         raise
     except Exception as e:  # noqa: BLE001 - any malformed index is a file problem
-        raise SAEFileError(f"{os.path.basename(path)}: bad concept index: {e}") from None
+        raise SAEFileError(f"{label}: bad concept index: {e}") from None
     hook = record.get("hook_point")
     if not isinstance(hook, str) or not hook:
-        raise SAEFileError(f"{os.path.basename(path)} does not say which block it was trained on (no hook_point).")
-    info = SAEInfo(hook, record.get("model_family", "unknown"), index, record.get("training", {}), path)
-    return LoadedSAE(sae, info)
+        raise SAEFileError(f"{label} does not say which block it was trained on (no hook_point).")
+    return LoadedSAE(sae, SAEInfo(hook, family, index, training, path))
 
 
 def read_safetensors_metadata(path: str) -> dict:

@@ -53,6 +53,10 @@ class Concept:
     latent: int | None = None  # the dedicated latent of a supervised (SAEmnesia) SAE
     selections: list[Selection] = field(default_factory=list)  # one per timestep bucket
     multiplier: float | None = None  # per-concept override of the index default
+    # neuron mode hands the erased concept's activation to this concept's latent (the nearest
+    # concept of the same kind, see assign_anchors): the model draws a neighbour in its place
+    # instead of an undefined blend; None = only scale the concept's own latent
+    anchor: str | None = None
 
     def to_json(self):
         d = {"kind": self.kind, "selections": [s.to_json() for s in self.selections]}
@@ -60,6 +64,8 @@ class Concept:
             d["latent"] = int(self.latent)
         if self.multiplier is not None:
             d["multiplier"] = float(self.multiplier)
+        if self.anchor is not None:
+            d["anchor"] = self.anchor
         return d
 
 
@@ -134,9 +140,16 @@ class ConceptIndex:
             if sels and idx.timesteps and len(sels) != len(idx.timesteps):
                 raise SAEError(f"concept '{name}' has {len(sels)} timestep selections but the index has "
                                f"{len(idx.timesteps)} timesteps; re-create the SAE file")
+            anchor = c.get("anchor")
+            if anchor is not None and not isinstance(anchor, str):
+                raise SAEError(f"concept '{name}' has an anchor that is not a concept name; re-create the SAE file")
             idx.concepts[name] = Concept(name, c.get("kind", "concept"),
                                          None if c.get("latent") is None else int(c["latent"]), sels,
-                                         None if c.get("multiplier") is None else float(c["multiplier"]))
+                                         None if c.get("multiplier") is None else float(c["multiplier"]), anchor)
+        for c in idx.concepts.values():
+            if c.anchor is not None and (c.anchor not in idx.concepts or idx.concepts[c.anchor].latent is None):
+                raise SAEError(f"concept '{c.name}' names anchor '{c.anchor}', which has no latent in this index; "
+                               "re-create the SAE file")
         return idx
 
     def validate(self, n_latents: int):
@@ -249,3 +262,18 @@ def supervised_index(stats: ConceptStats, assignment: dict[str, int], default_mu
                 for b in range(scores.shape[0])]
         idx.concepts[name] = Concept(name, stats.concepts[name], i, sels)
     return idx
+
+
+def assign_anchors(index: ConceptIndex, W_dec: torch.Tensor) -> ConceptIndex:
+    """Give every concept with a latent the nearest other concept of its kind as anchor: the
+    one whose decoder direction is most alike (cosine), i.e. the smallest change of the
+    activations that still names another concept. One rule for all, no search per concept."""
+    with_latent = [c for c in index.concepts.values() if c.latent is not None]
+    for c in with_latent:
+        peers = [o for o in with_latent if o.kind == c.kind and o.name != c.name]
+        if not peers:
+            c.anchor = None
+            continue
+        d = torch.nn.functional.normalize(W_dec[[c.latent] + [o.latent for o in peers]].float(), dim=1)
+        c.anchor = peers[int((d[1:] @ d[0]).argmax())].name
+    return index

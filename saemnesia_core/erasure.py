@@ -24,16 +24,18 @@ class ErasureTarget:
     threshold: torch.Tensor  # a latent "fires" above this
     concept_mean: torch.Tensor  # ablation target scale
     multiplier: torch.Tensor
+    anchors: torch.Tensor | None = None  # long [L]: latent that takes over each one's activation (-1: none)
 
     def to(self, device):
-        return ErasureTarget(self.latents.to(device), self.threshold.to(device),
-                             self.concept_mean.to(device), self.multiplier.to(device))
+        return ErasureTarget(self.latents.to(device), self.threshold.to(device), self.concept_mean.to(device),
+                             self.multiplier.to(device), None if self.anchors is None else self.anchors.to(device))
 
     def __len__(self):
         return int(self.latents.numel())
 
     def with_threshold(self, value: float) -> "ErasureTarget":
-        return ErasureTarget(self.latents, torch.full_like(self.threshold, value), self.concept_mean, self.multiplier)
+        return ErasureTarget(self.latents, torch.full_like(self.threshold, value), self.concept_mean, self.multiplier,
+                             self.anchors)
 
 
 def selected_activations(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,12 +80,19 @@ def ablate(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget, strength: float
 
 
 def scale_neurons(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget, strength: float = 1.0) -> torch.Tensor:
-    """SAEmnesia: the concept's own latent, wherever it is active, times the multiplier."""
+    """SAEmnesia: the concept's own latent, wherever it is active, times the multiplier. With
+    anchors, the anchor's latent also gains the concept's activation (z_anchor += z_concept):
+    the code then names a neighbouring concept instead of none."""
     if len(target) == 0 or strength == 0:
         return x
     rows, acts = selected_activations(x, sae, target.with_threshold(0.0))
     factor = (target.multiplier - 1.0).to(acts.dtype).view(1, -1)
-    return _apply_delta(x, sae, target, rows, factor * acts * strength)
+    out = _apply_delta(x, sae, target, rows, factor * acts * strength)
+    if target.anchors is not None and rows.numel() and bool((target.anchors >= 0).any()):
+        has = target.anchors >= 0
+        gain = (acts[:, has] * strength).to(sae.W_dec.dtype)
+        out[rows] += (gain @ sae.W_dec[target.anchors[has]]).to(x.dtype)
+    return out
 
 
 def detect(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,6 +25,15 @@ def parse_concepts(text: str | list[str]) -> list[str]:
     return [s.strip() for s in items if s and s.strip()]
 
 
+def split_anchor(spec: str):
+    """'star -> heart' -> ('star', 'heart'); 'star ->' -> ('star', None): no anchor;
+    'star' -> ('star', ...): the SAE's own anchor for it (Ellipsis = not given)."""
+    if "->" not in spec:
+        return spec.strip(), ...
+    name, anchor = spec.split("->", 1)
+    return name.strip(), (anchor.strip() or None)
+
+
 def raw_neuron(spec: str) -> int | None:
     m = _NEURON.match(spec)
     return int(m.group(1)) if m else None
@@ -52,7 +61,10 @@ class ConceptEraser:
 
     def _target(self, index: ConceptIndex, bucket: int, multiplier: float | None) -> erasure.ErasureTarget:
         chosen: dict[int, tuple[float, float, float]] = {}
-        for spec in self.concepts:
+        anchors: dict[int, int] = {}
+        erased = {index.get(split_anchor(s)[0]).name for s in self.concepts if raw_neuron(split_anchor(s)[0]) is None}
+        for full in self.concepts:
+            spec, anchor = split_anchor(full)
             n = raw_neuron(spec)
             if n is not None:
                 if not 0 <= n < self.sae.n_latents:
@@ -67,6 +79,13 @@ class ConceptEraser:
                 thr = sel.threshold[0] if sel else 0.0
                 mean = sel.concept_mean[0] if sel else 1.0
                 chosen.setdefault(c.latent, (thr, mean, m))
+                a = c.anchor if anchor is ... else anchor
+                if a:
+                    ac = index.get(a)
+                    if ac.latent is None or ac.name == c.name:
+                        raise SAEError(f"'{full}': the anchor '{a}' must be another concept with its own latent.")
+                    if ac.name not in erased:  # never hand an erased concept's activation to another erased one
+                        anchors[c.latent] = ac.latent
                 continue
             if not c.selections:
                 raise SAEError(f"Concept '{c.name}' has no latent selection in this SAE's index; "
@@ -77,7 +96,8 @@ class ConceptEraser:
                 chosen.setdefault(i, (thr * scale, mean, m))
         ids = list(chosen)
         vals = torch.tensor([chosen[i] for i in ids], dtype=torch.float32).view(-1, 3)
-        return erasure.ErasureTarget(torch.tensor(ids, dtype=torch.long), vals[:, 0], vals[:, 1], vals[:, 2])
+        anchor_ids = torch.tensor([anchors.get(i, -1) for i in ids], dtype=torch.long) if anchors else None
+        return erasure.ErasureTarget(torch.tensor(ids, dtype=torch.long), vals[:, 0], vals[:, 1], vals[:, 2], anchor_ids)
 
     # --- device handling ----------------------------------------------------------------
     # ComfyUI moves model patches with `.to(device)` and `.to(dtype)` when it loads or

@@ -138,7 +138,7 @@ def test_window_limits_the_edit_to_its_steps(env, block_outputs):
     loaded = make_loaded(block_outputs)
     ms = env["model"].get_model_object("model_sampling")
     calls = []
-    patched = env["mp"].erase_patch(env["model"], loaded, lambda h, t, rows: calls.append(t) or h,
+    patched = env["mp"].erase_patch(env["model"], loaded, [lambda h, t, rows: calls.append(t) or h],
                                     cond_only=False, start_percent=0.3, end_percent=1.0)
     seen = capture(env, patched, "output_blocks.5.1")
     inside = [info["timestep"] for _, info in seen if info["sigma"] <= ms.percent_to_sigma(0.3)]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import load_sae
-from ..checkpoint import save_sae
+from ..checkpoint import CONTEXT, save_sae
 from ..intervention import ConceptEraser
 from ..training import concept_statistics
 from ..concepts import select_unsupervised
@@ -164,6 +164,7 @@ class Bench:
         self._text: dict[str, torch.Tensor] = {}
         self._unedited: dict[tuple[str, int], tuple[float, float]] = {}  # (noise level, denoising error)
         self._t = {"t": 0.0}
+        self._context_edits = []
         self.images = 0
         self.seconds = 0.0
 
@@ -176,6 +177,8 @@ class Bench:
 
     def _eps(self, x, t, ctx):
         self._t["t"] = float(t[0])
+        for fn in self._context_edits:  # what every cross-attention reads (hook point "context")
+            ctx = fn(ctx, self._t["t"])
         return self.unet(x, t, encoder_hidden_states=ctx).sample
 
     def _hook(self, block: str, fn):
@@ -189,7 +192,8 @@ class Bench:
     @torch.no_grad()
     def sample(self, prompts: list[str], seeds: list[int], edits=(), negative: str = "") -> torch.Tensor:
         """edits: [(block, fn(h, timestep) -> h)], applied in order (stacked erasers)."""
-        handles = [self._hook(b, fn) for b, fn in edits]
+        handles = [self._hook(b, fn) for b, fn in edits if b != CONTEXT]
+        self._context_edits = [fn for b, fn in edits if b == CONTEXT]
         t0 = time.perf_counter()
         try:
             out = []
@@ -200,6 +204,7 @@ class Bench:
         finally:
             for h in handles:
                 h.remove()
+            self._context_edits = []
         self.images += len(prompts)
         self.seconds += time.perf_counter() - t0
         return torch.cat(out)
