@@ -10,7 +10,7 @@ import os
 
 from comfy_api.latest import io
 
-from .sae_type import CATEGORY, PREFIX
+from .sae_type import CATEGORY, PREFIX, schema
 
 DEFAULT_FILE = "demo_unet.safetensors"
 
@@ -38,7 +38,8 @@ class LoadDemoModel(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         choices = _choices()
-        return io.Schema(
+        return schema(
+            search_aliases=["minicanvas", "demo model", "toy model", "unlearn demo"],
             node_id=f"{PREFIX}LoadDemoModel",
             display_name="Load MiniCanvas Demo Model",
             category=CATEGORY,

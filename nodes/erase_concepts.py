@@ -3,7 +3,7 @@ from comfy_api.latest import io
 from saemnesia_core import ConceptEraser, parse_concepts
 
 from . import model_patch
-from .sae_type import CATEGORY, PREFIX, SAE
+from .sae_type import CATEGORY, PREFIX, SAE, schema, ALIASES
 
 MODES = ["auto", "neuron", "ablate", "replace"]
 HALVES = ["both", "cond only"]
@@ -12,7 +12,8 @@ HALVES = ["both", "cond only"]
 class EraseConcepts(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
+            search_aliases=ALIASES,
             node_id=f"{PREFIX}EraseConcepts",
             display_name="Erase Concepts",
             category=CATEGORY,

@@ -9,13 +9,14 @@ from saemnesia_core.heatmap import overlay
 from saemnesia_core.inspect import activation_map, describe_concept, describe_latent
 
 from . import model_patch
-from .sae_type import CATEGORY, PREFIX, SAE
+from .sae_type import CATEGORY, PREFIX, SAE, schema
 
 
 class InspectNeuron(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
+            search_aliases=["neuron heatmap", "where does a concept fire", "sae latent", "feature visualization", "interpret"],
             node_id=f"{PREFIX}InspectNeuron",
             display_name="Inspect Neuron",
             category=CATEGORY,

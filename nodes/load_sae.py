@@ -1,13 +1,14 @@
 from comfy_api.latest import io
 
 from . import sae_folder
-from .sae_type import CATEGORY, PREFIX, SAE
+from .sae_type import CATEGORY, PREFIX, SAE, schema
 
 
 class LoadSAE(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
+            search_aliases=["sae loader", "sparse autoencoder", "load sparse autoencoder"],
             node_id=f"{PREFIX}LoadSAE",
             display_name="Load SAE",
             category=CATEGORY,

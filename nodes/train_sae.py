@@ -19,7 +19,7 @@ from saemnesia_core.prompts import DEFAULT_TEMPLATES, assemble_prompts
 from saemnesia_core.training import TrainConfig, train_sae
 
 from . import model_patch, sae_folder
-from .sae_type import CATEGORY, PREFIX, SAE
+from .sae_type import CATEGORY, PREFIX, SAE, schema
 
 log = logging.getLogger("saemnesia")
 
@@ -44,7 +44,8 @@ def _default_hook(model) -> str:
 class TrainSAEFromPrompts(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
+            search_aliases=["train sae", "train sparse autoencoder", "unlearn", "forget", "remove concept"],
             node_id=f"{PREFIX}TrainSAEFromPrompts",
             display_name="Train SAE from Prompts",
             category=CATEGORY,
