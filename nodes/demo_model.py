@@ -51,7 +51,9 @@ class LoadDemoModel(io.ComfyNode):
                                default=DEFAULT_FILE if DEFAULT_FILE in choices else choices[0],
                                tooltip="A MiniCanvas UNet file in the pack's models/minicanvas folder."),
             ],
-            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
+            outputs=[io.Model.Output(tooltip="The demo UNet (32x32 px pixel space); wire to KSampler or Erase Concepts."),
+                     io.Clip.Output(tooltip="Its MiniLM text encoder, for CLIP Text Encode (prompts of at most 16 tokens)."),
+                     io.Vae.Output(tooltip="ComfyUI's pixel-space VAE: VAE Decode turns the 32x32 latent into the picture.")],
         )
 
     @classmethod
