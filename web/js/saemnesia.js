@@ -416,7 +416,7 @@ function labelTextareas(node, tries = 120) {
     const tag = document.createElement("div");
     tag.className = "saemnesia-textarea-label";
     tag.textContent = String(w.label ?? w.name).replace(/_/g, " "); // text, never markup
-    tag.style.cssText = "position:absolute;top:2px;right:14px;font:10px sans-serif;padding:0 4px;border-radius:3px;" +
+    tag.style.cssText = "position:absolute;bottom:2px;right:14px;font:10px sans-serif;padding:0 4px;border-radius:3px;" +
       "background:rgba(0,0,0,.55);color:#ddd;pointer-events:none;z-index:1;";
     if (getComputedStyle(host).position === "static") host.style.position = "relative";
     host.appendChild(tag);
