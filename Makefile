@@ -1,4 +1,7 @@
-PY := .venv/bin/python
+# the same venv scripts/provision.sh builds (SAEMNESIA_VENV overrides it there too)
+SAEMNESIA_VENV ?= $(CURDIR)/.venv
+export SAEMNESIA_VENV
+PY := $(SAEMNESIA_VENV)/bin/python
 .PHONY: setup browser-deps demo test test-fast bench clean
 
 setup:

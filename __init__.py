@@ -27,6 +27,11 @@ if _IN_COMFY:
     sae_folder.register()
     _routes.register()
 
+    from saemnesia_core.minicanvas import text_encoder as _te
+    if not _te.available():  # said once at start, not only when a demo workflow fails
+        import logging
+        logging.getLogger("saemnesia").warning("SAEmnesia: %s", _te.missing_message())
+
     class SAEmnesiaExtension(ComfyExtension):
         async def get_node_list(self):
             return list(NODES)

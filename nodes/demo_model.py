@@ -10,7 +10,7 @@ import os
 
 from comfy_api.latest import io
 
-from .sae_type import CATEGORY, PREFIX
+from .sae_type import CATEGORY, PREFIX, schema
 
 DEFAULT_FILE = "demo_unet.safetensors"
 
@@ -38,7 +38,8 @@ class LoadDemoModel(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         choices = _choices()
-        return io.Schema(
+        return schema(
+            search_aliases=["minicanvas", "demo model", "toy model", "unlearn demo"],
             node_id=f"{PREFIX}LoadDemoModel",
             display_name="Load MiniCanvas Demo Model",
             category=CATEGORY,
@@ -50,7 +51,9 @@ class LoadDemoModel(io.ComfyNode):
                                default=DEFAULT_FILE if DEFAULT_FILE in choices else choices[0],
                                tooltip="A MiniCanvas UNet file in the pack's models/minicanvas folder."),
             ],
-            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
+            outputs=[io.Model.Output(tooltip="The demo UNet (32x32 px pixel space); wire to KSampler or Erase Concepts."),
+                     io.Clip.Output(tooltip="Its MiniLM text encoder, for CLIP Text Encode (prompts of at most 16 tokens)."),
+                     io.Vae.Output(tooltip="ComfyUI's pixel-space VAE: VAE Decode turns the 32x32 latent into the picture.")],
         )
 
     @classmethod

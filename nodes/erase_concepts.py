@@ -3,7 +3,7 @@ from comfy_api.latest import io
 from saemnesia_core import ConceptEraser, parse_concepts
 
 from . import model_patch
-from .sae_type import CATEGORY, PREFIX, SAE
+from .sae_type import CATEGORY, PREFIX, SAE, schema, ALIASES
 
 MODES = ["auto", "neuron", "ablate", "replace"]
 HALVES = ["both", "cond only"]
@@ -12,15 +12,16 @@ HALVES = ["both", "cond only"]
 class EraseConcepts(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
+            search_aliases=ALIASES,
             node_id=f"{PREFIX}EraseConcepts",
             display_name="Erase Concepts",
             category=CATEGORY,
             description="Erase concepts (objects, styles) from the model with an SAE on one transformer block. "
                         "Returns a patched copy; the input model is untouched.",
             inputs=[
-                io.Model.Input("model"),
-                SAE.Input("sae"),
+                io.Model.Input("model", tooltip="The model to erase from (a patched copy is returned)."),
+                SAE.Input("sae", tooltip="From Load SAE or Train SAE from Prompts; its block must exist in the model."),
                 io.String.Input("concepts", default="", tooltip="Concept names from the SAE's index, comma separated; "
                                 "'neuron:123' for a raw latent."),
                 io.Combo.Input("mode", options=MODES, default="auto",
@@ -28,15 +29,17 @@ class EraseConcepts(io.ComfyNode):
                                        "selected latents to a negative value where they fire. replace: PER, swap "
                                        "detected positions for undetected ones of the same image. auto: the SAE's default."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05,
-                               tooltip="0 = no change, 1 = the method as published, >1 = stronger."),
+                               tooltip="How hard to erase (x, no unit): 0 = no change, 1 = the method as published, >1 = stronger."),
                 io.Float.Input("multiplier", default=0.0, min=-100.0, max=100.0, step=0.1,
-                               tooltip="Latent multiplier for neuron/ablate; 0 = the SAE's per-concept default."),
+                               tooltip="Factor (x) applied to the concept's latent in neuron/ablate modes, usually negative (e.g. -1.5); 0 = the SAE's calibrated default."),
                 io.Combo.Input("apply_to", options=HALVES, default="both",
                                tooltip="Edit both CFG halves (as in the papers) or only the positive prompt."),
-                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01),
-                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the denoising schedule (0 = first step, 1 = last) where erasing starts."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                             tooltip="Fraction of the denoising schedule where erasing stops (1 = through the last step)."),
             ],
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(tooltip="A patched copy of the model with the concepts erased; wire it to KSampler.")],
         )
 
     @classmethod

@@ -5,47 +5,66 @@ import comfy.sample
 import comfy.samplers
 
 from saemnesia_core import SAEError
-from saemnesia_core.heatmap import overlay
+from saemnesia_core.heatmap import overlay, with_legend
 from saemnesia_core.inspect import activation_map, describe_concept, describe_latent
 
 from . import model_patch
-from .sae_type import CATEGORY, PREFIX, SAE
+from .sae_type import CATEGORY, PREFIX, SAE, schema
+
+
+SHOW = ["concept", "neuron"]
 
 
 class InspectNeuron(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
+            search_aliases=["neuron heatmap", "where does a concept fire", "sae latent", "feature visualization", "interpret"],
             node_id=f"{PREFIX}InspectNeuron",
             display_name="Inspect Neuron",
             category=CATEGORY,
-            description="Where does an SAE latent (or a concept's latents) fire on a picture? Runs the denoiser once "
-                        "at the chosen step and overlays the activation as a heatmap.",
+            description="Where does a concept (or one SAE latent) fire on a picture? Runs the denoiser once at the "
+                        "chosen step and overlays the activation as a heatmap with its colour scale; the summary "
+                        "explains the numbers.",
             inputs=[
-                io.Model.Input("model"),
-                SAE.Input("sae"),
-                io.Vae.Input("vae"),
-                io.Conditioning.Input("positive"),
-                io.Int.Input("neuron", default=-1, min=-1, max=1 << 24, tooltip="Latent index; -1 = use 'concept'."),
-                io.String.Input("concept", default="", tooltip="A concept from the SAE's index (used when neuron is -1)."),
-                io.Int.Input("step", default=10, min=0, max=1000, tooltip="Which denoising step of 'steps' to look at."),
-                io.Int.Input("steps", default=20, min=1, max=1000),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal"),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.Model.Input("model", tooltip="The model the picture came from (erased or not)."),
+                SAE.Input("sae", tooltip="The SAE whose latents to show; its block must exist in the model."),
+                io.Vae.Input("vae", tooltip="Decodes the latent for the picture under the heatmap (or encodes the image)."),
+                io.Conditioning.Input("positive", tooltip="The prompt's conditioning, as given to KSampler."),
+                io.Combo.Input("show", options=SHOW, default=SHOW[0],
+                               tooltip="concept: the latents of the concept named below. neuron: one latent by its index."),
+                io.String.Input("concept", default="",
+                                tooltip="A concept from the SAE's index (see Load SAE's info), for show = concept."),
+                io.Int.Input("neuron", default=0, min=0, max=1 << 24,
+                             tooltip="Latent index (0 .. latents-1), for show = neuron."),
+                io.Int.Input("step", default=10, min=0, max=1000,
+                             tooltip="Which denoising step to look at: 0 = the first (most noise) .. steps-1 = the last."),
+                io.Int.Input("steps", default=20, min=1, max=1000,
+                             tooltip="Length of the schedule 'step' counts in; use the KSampler's steps."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal",
+                               tooltip="The KSampler's scheduler, so the noise level at 'step' matches."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the noise added to the picture at that step."),
                 io.Latent.Input("latent", optional=True, tooltip="The picture to inspect, as a latent..."),
                 io.Image.Input("image", optional=True, tooltip="...or as an image (encoded with the VAE)."),
             ],
-            outputs=[io.Image.Output(display_name="heatmap"), io.String.Output(display_name="summary")],
+            outputs=[io.Image.Output(display_name="heatmap",
+                                     tooltip="The picture with the activation overlaid (dark = 0, yellow = strongest), "
+                                             "enlarged to at least 256 px, with its colour scale below."),
+                     io.String.Output(display_name="summary",
+                                      tooltip="What was shown, where it fires, and the concept scores explained.")],
             is_output_node=True,  # runs (and shows its heatmap) even with nothing connected
         )
 
     @classmethod
-    def execute(cls, model, sae, vae, positive, neuron, concept, step, steps, scheduler, seed,
+    def execute(cls, model, sae, vae, positive, show, concept, neuron, step, steps, scheduler, seed,
                 latent=None, image=None) -> io.NodeOutput:
         model_patch.check_compatible(model, sae)
-        if neuron < 0 and not concept.strip():
-            raise SAEError("Give a neuron index (>= 0) or a concept name to inspect.")
-        if neuron >= sae.sae.n_latents:
+        by_concept = show == "concept"
+        if by_concept and not concept.strip():
+            raise SAEError("show is 'concept' but no concept is named: type one from the SAE's index "
+                           "(Load SAE's info lists them), or set show to 'neuron'.")
+        if not by_concept and neuron >= sae.sae.n_latents:
             raise SAEError(f"neuron {neuron} does not exist: this SAE has latents 0..{sae.sae.n_latents - 1}.")
         if step >= steps:
             raise SAEError(f"step {step} is past the schedule of {steps} steps; pick 0..{steps - 1}.")
@@ -69,17 +88,21 @@ class InspectNeuron(io.ComfyNode):
         if not captured:
             raise SAEError(f"The block {sae.info.hook_point} never ran; is this the model the SAE was made for?")
         h, timestep = captured[0]
-        spec = f"neuron:{neuron}" if neuron >= 0 else concept.strip()
+        spec = concept.strip() if by_concept else f"neuron:{neuron}"
         act, latents = activation_map(sae, h, spec, timestep)
         if picture is None:
             picture = vae.decode(samples)
             if picture.dim() == 5:
                 picture = picture.reshape(-1, *picture.shape[-3:])
+        where = f"step {step} of {steps}"  # the widgets' words; the model's timestep means nothing to an artist
+        vmax = float(act.max())
         with torch.no_grad():  # also when called outside ComfyUI's inference_mode (scripts, tests)
-            heat = overlay(picture.detach().cpu().float(), act.detach())
-        if neuron >= 0:
-            text = describe_latent(sae, neuron, act, timestep)
+            heat = overlay(picture.detach().cpu().float(), act.detach(), vmax=vmax or None)
+            caption = f"{spec if by_concept else 'latent ' + str(neuron)}, {where}"
+            heat = with_legend(heat, vmax, caption)
+        if by_concept:
+            text = describe_concept(sae, concept.strip(), latents, act, timestep, where)
         else:
-            text = describe_concept(sae, concept.strip(), latents, act, timestep)
+            text = describe_latent(sae, neuron, act, timestep, where)
         # the heatmap is also shown on the node itself (ComfyUI's preview mechanism)
         return io.NodeOutput(heat, text, ui=ui.PreviewImage(heat, cls=cls))

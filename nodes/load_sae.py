@@ -1,13 +1,14 @@
 from comfy_api.latest import io
 
 from . import sae_folder
-from .sae_type import CATEGORY, PREFIX, SAE
+from .sae_type import CATEGORY, PREFIX, SAE, schema
 
 
 class LoadSAE(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
+            search_aliases=["sae loader", "sparse autoencoder", "load sparse autoencoder"],
             node_id=f"{PREFIX}LoadSAE",
             display_name="Load SAE",
             category=CATEGORY,
@@ -15,7 +16,8 @@ class LoadSAE(io.ComfyNode):
                         "with its cfg.json) from the models/sae folder.",
             inputs=[io.Combo.Input("sae_name", options=sae_folder.list_saes(),
                                    tooltip="SAE files in models/sae (and paths set in extra_model_paths.yaml).")],
-            outputs=[SAE.Output(display_name="SAE"), io.String.Output(display_name="info")],
+            outputs=[SAE.Output(display_name="SAE", tooltip="The SAE and its concept index, for Erase Concepts or Inspect Neuron."),
+                     io.String.Output(display_name="info", tooltip="Its block, size and concepts as text.")],
         )
 
     @classmethod

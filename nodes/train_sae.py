@@ -15,11 +15,12 @@ import folder_paths
 from saemnesia_core import LoadedSAE, SAEError, SAEInfo, TrainingCancelled, save_sae
 from saemnesia_core.activations import INDEX, ActivationStore, ActivationWriter
 from saemnesia_core.fileio import save_json_atomic
+from saemnesia_core.progress import TimeWeightedProgress, guess_step_seconds
 from saemnesia_core.prompts import DEFAULT_TEMPLATES, assemble_prompts
 from saemnesia_core.training import TrainConfig, train_sae
 
 from . import model_patch, sae_folder
-from .sae_type import CATEGORY, PREFIX, SAE
+from .sae_type import CATEGORY, PREFIX, SAE, schema
 
 log = logging.getLogger("saemnesia")
 
@@ -30,6 +31,20 @@ def _send(event: str, data: dict):
         PromptServer.instance.send_sync(event, data)
     except Exception:  # noqa: BLE001 - no server (scripts, tests): nothing to show
         pass
+
+
+def _say(node, text: str):
+    """A line of text on the node itself (ComfyUI's progress text, shown under the widgets)."""
+    if node is None:
+        return
+    try:
+        from server import PromptServer
+        PromptServer.instance.send_progress_text(text, node)
+    except Exception:  # noqa: BLE001 - no server (scripts, tests)
+        pass
+
+
+BAR = 1000  # progress bar resolution: the bar is a time fraction, not an item count
 
 
 def _default_hook(model) -> str:
@@ -44,7 +59,8 @@ def _default_hook(model) -> str:
 class TrainSAEFromPrompts(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
+            search_aliases=["train sae", "train sparse autoencoder", "unlearn", "forget", "remove concept"],
             node_id=f"{PREFIX}TrainSAEFromPrompts",
             display_name="Train SAE from Prompts",
             category=CATEGORY,
@@ -53,35 +69,46 @@ class TrainSAEFromPrompts(io.ComfyNode):
                         "build its concept index and save it into models/sae. Cancel keeps the last checkpoint; "
                         "running again with the same name and settings resumes.",
             inputs=[
-                io.Model.Input("model"),
-                io.Clip.Input("clip"),
-                io.Latent.Input("latent", tooltip="An empty latent: activations are collected at its size."),
-                io.String.Input("name", default="my_sae", tooltip="File name in models/sae."),
-                io.String.Input("objects", default="", multiline=True, placeholder="cat, dog, car"),
-                io.String.Input("styles", default="", multiline=True, placeholder="van gogh, watercolor"),
+                io.Model.Input("model", tooltip="The model to train the SAE for (sampled, never changed)."),
+                io.Clip.Input("clip", tooltip="Its text encoder: turns each prompt into conditioning."),
+                io.Latent.Input("latent", tooltip="An empty latent: activations are collected at its size (width x height in px)."),
+                io.String.Input("name", default="my_sae", tooltip="File name in models/sae (without .safetensors); also names the work folder output/saemnesia_runs/<name>."),
+                io.String.Input("objects", default="", multiline=True, placeholder="objects: cat, dog, car",
+                                tooltip="Objects to learn, comma or line separated; each fills {object} in the templates."),
+                io.String.Input("styles", default="", multiline=True, placeholder="styles: van gogh, watercolor",
+                                tooltip="Styles to learn, comma or line separated; each fills {style} in the templates."),
                 io.String.Input("templates", default="\n".join(DEFAULT_TEMPLATES), multiline=True,
-                                tooltip="One per line; {object} and {style} are filled in."),
+                                placeholder="templates: a {object} in {style} style",
+                                tooltip="Prompt templates, one per line; {object} and {style} are filled in (every object x every style)."),
                 io.String.Input("labelled_prompts", default="", multiline=True,
-                                placeholder="cat: a cat on a sofa\nstyle/ink: a house, ink drawing",
+                                placeholder="labelled prompts:\ncat: a cat on a sofa\nstyle/ink: a house, ink drawing",
                                 tooltip="'label: prompt' lines (prefix 'object/' or 'style/' to set the kind); "
                                         "lines without a label are unlabelled prompts."),
                 io.String.Input("hook_point", default="auto", tooltip="Transformer block, e.g. output_blocks.4.1 "
                                 "(SD1.x objects) or output_blocks.5.1 (styles); auto picks one."),
-                io.Int.Input("steps", default=20, min=1, max=200, tooltip="Sampling steps per prompt."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler"),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal"),
-                io.Int.Input("seeds_per_prompt", default=1, min=1, max=64),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF),
-                io.Int.Input("expansion", default=16, min=1, max=64, tooltip="Latents = channels x expansion."),
-                io.Int.Input("k", default=32, min=1, max=1024, tooltip="Active latents per position."),
-                io.Int.Input("train_steps", default=2000, min=1, max=1_000_000),
-                io.Int.Input("batch_size", default=4096, min=16, max=65536),
-                io.Float.Input("learning_rate", default=4e-4, min=1e-6, max=1e-1, step=1e-5),
-                io.Boolean.Input("supervised", default=True, tooltip="SAEmnesia: tie each labelled concept to one latent."),
-                io.Boolean.Input("overwrite", default=False),
+                io.Int.Input("steps", default=20, min=1, max=200, tooltip="Denoising steps per prompt while collecting (the block output is recorded at every step)."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1, tooltip="Classifier-free guidance scale while collecting, as in KSampler."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
+                               tooltip="Sampler used while collecting, as in KSampler."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal",
+                               tooltip="Noise schedule while collecting, as in KSampler."),
+                io.Int.Input("seeds_per_prompt", default=1, min=1, max=64,
+                             tooltip="Pictures sampled per prompt (collection time grows with it)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             tooltip="Seed of the collection noise and of the SAE's initialisation."),
+                io.Int.Input("expansion", default=16, min=1, max=64, tooltip="SAE size: latents = block channels x expansion (16 = SAeUron's 20480 on SD1.5)."),
+                io.Int.Input("k", default=32, min=1, max=1024, tooltip="Latents active per position (TopK); 32 in SAeUron."),
+                io.Int.Input("train_steps", default=2000, min=1, max=1_000_000,
+                             tooltip="Optimiser steps (batches); supervision starts after 30% of them."),
+                io.Int.Input("batch_size", default=4096, min=16, max=65536,
+                             tooltip="Activation vectors (positions) per training step."),
+                io.Float.Input("learning_rate", default=4e-4, min=1e-6, max=1e-1, step=1e-5,
+                               tooltip="Adam learning rate, decayed linearly to 0 (4e-4 in SAeUron)."),
+                io.Boolean.Input("supervised", default=True, tooltip="SAEmnesia: tie each labelled concept to one latent (from 30% of the steps on); off = plain SAeUron SAE."),
+                io.Boolean.Input("overwrite", default=False, tooltip="Replace an existing models/sae/<name>.safetensors; off = refuse."),
             ],
-            outputs=[SAE.Output(display_name="SAE"), io.String.Output(display_name="report")],
+            outputs=[SAE.Output(display_name="SAE", tooltip="The trained SAE (also saved in models/sae), for Erase Concepts."),
+                     io.String.Output(display_name="report", tooltip="Where it was saved, its concepts, FVU (share of the block output it fails to reconstruct, lower is better), dead latents and time.")],
             hidden=[io.Hidden.unique_id],
             is_output_node=True,
         )
@@ -104,22 +131,35 @@ class TrainSAEFromPrompts(io.ComfyNode):
         collect_settings = {"prompts": [[p.text, p.labels] for p in prompts], "hook": hook, "steps": steps, "cfg": cfg,
                             "sampler": sampler_name, "scheduler": scheduler, "seeds": seeds_per_prompt, "seed": seed, "noise": "one batch per prompt",
                             "shape": list(samples.shape)}
-        jobs = len(prompts) * seeds_per_prompt
-        total = jobs + train_steps + 1
         node = cls.hidden.unique_id if cls.hidden is not None else None
-        pbar = comfy.utils.ProgressBar(total, node_id=node)
+        pbar = comfy.utils.ProgressBar(BAR, node_id=node)
+        timing = TimeWeightedProgress(len(prompts), train_steps,
+                                      guess_step_seconds(d_in, d_in * expansion, batch_size))
 
-        store = _collect(model, clip, prompts, hook, d_in, samples, collect_settings, run_dir, pbar)
+        def show(fraction_text):
+            fraction, text = fraction_text
+            _say(node, text)
+            pbar.update_absolute(round(fraction * BAR), BAR)
 
+        try:
+            store = _collect(model, clip, prompts, hook, d_in, samples, collect_settings, run_dir,
+                             lambda done: show(timing.collected(done)), lambda: show(timing.reused_collection()))
+        except comfy.model_management.InterruptProcessingException:
+            _say(node, f"stopped while collecting ({timing.text}): queue again to collect again")
+            raise
+
+        # where the curve marks the start of supervision (the loss jumps there: docs/SAEmnesiaTrainSAEFromPrompts.md)
+        supervise_at = int(TrainConfig.assign_after * train_steps) if supervised and store.concept_names else None
         cancelled = {"flag": False}
 
         def progress(step, n, metrics):
             try:
-                pbar.update_absolute(jobs + step, total)
+                show(timing.trained(step, n))
             except comfy.model_management.InterruptProcessingException:
                 cancelled["flag"] = True  # let the trainer save its checkpoint first
             if step % max(1, n // 100) == 0 or step == n:
-                _send("saemnesia.train", {"node": node, "step": step, "total": n,
+                _send("saemnesia.train", {"node": node, "step": step, "total": n, "supervise_at": supervise_at,
+                                          "text": timing.text,
                                           **{k: metrics[k] for k in ("loss", "fvu", "dead_fraction") if k in metrics}})
 
         def should_cancel():
@@ -135,14 +175,19 @@ class TrainSAEFromPrompts(io.ComfyNode):
                 sae, index, record = train_sae(store, cfg_train, os.path.join(run_dir, "train"), progress, should_cancel,
                                                restart_on_mismatch=True)
         except TrainingCancelled:
-            log.info("SAEmnesia: training cancelled; last checkpoint kept in %s", run_dir)
+            # an interrupt, not an error: the frontend shows it as such, and the node says how to go on
+            msg = f"paused at {timing.text}: queue again to resume (same name and settings)"
+            log.info("SAEmnesia: training %s; checkpoint in %s", msg, run_dir)
+            _say(node, msg)
+            _send("saemnesia.train", {"node": node, "paused": True, "text": msg})
             raise comfy.model_management.InterruptProcessingException()
         record.update(hook_point=hook, sampler=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg)
         family = getattr(getattr(model.model, "model_config", None), "__class__", type(None)).__name__.lower()
         info = SAEInfo(hook, family, index, record, out_path)
         save_sae(out_path, sae, info)
         sae_folder.forget(out_path)
-        pbar.update_absolute(total, total)
+        pbar.update_absolute(BAR, BAR)
+        _say(node, f"saved {os.path.basename(out_path)}")
         loaded = LoadedSAE(sae, info)
         report = (f"Saved {out_path}\n{loaded.describe()}\nFVU {record['fvu']:.3f}, dead latents "
                   f"{record['dead_fraction'] * 100:.1f}%, {record['tokens_seen']} tokens in {record['seconds']:.0f}s"
@@ -150,7 +195,7 @@ class TrainSAEFromPrompts(io.ComfyNode):
         return io.NodeOutput(loaded, report, ui={"text": [report]})
 
 
-def _collect(model, clip, prompts, hook, d_in, samples, settings, run_dir, pbar) -> ActivationStore:
+def _collect(model, clip, prompts, hook, d_in, samples, settings, run_dir, on_prompt, on_reuse) -> ActivationStore:
     """Sample every prompt and store the block's cond-half outputs at every step.
     Reuses a finished collection with the same settings (so a cancelled training resumes)."""
     act_dir = os.path.join(run_dir, "activations")
@@ -158,6 +203,7 @@ def _collect(model, clip, prompts, hook, d_in, samples, settings, run_dir, pbar)
     if os.path.isfile(os.path.join(act_dir, INDEX)) and os.path.isfile(stamp):
         with open(stamp, encoding="utf-8") as f:
             if json.load(f) == json.loads(json.dumps(settings)):
+                on_reuse()
                 return ActivationStore(act_dir)
     # settings changed or a collection was interrupted: start this run over
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -178,7 +224,7 @@ def _collect(model, clip, prompts, hook, d_in, samples, settings, run_dir, pbar)
         noise = comfy.sample.prepare_noise(batch, settings["seed"])
         comfy.sample.sample(probe, noise, settings["steps"], settings["cfg"], settings["sampler"], settings["scheduler"],
                             cond, empty, batch, callback=check_interrupt, disable_pbar=True, seed=settings["seed"])
-        pbar.update_absolute((pid + 1) * settings["seeds"])
+        on_prompt(pid + 1)
     store = writer.close()
     save_json_atomic(settings, stamp)
     return store

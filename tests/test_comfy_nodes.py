@@ -99,28 +99,53 @@ def test_load_sae_node_lists_and_loads_and_refuses_escapes(env, block_outputs, s
 def test_inspect_neuron_makes_a_heatmap_and_a_summary(env, block_outputs):
     import comfy.sample
     from saemnesia_core import SAEError
+    from saemnesia_core.heatmap import colorize
     from saemnesia_pack.nodes.inspect_neuron import InspectNeuron
     loaded = make_loaded(block_outputs)
     top = loaded.index.get("thing").latent
     lat = {"samples": torch.randn(LATENT)}
-    out = InspectNeuron.execute(env["model"], loaded, env["vae"], env["cond"], top, "", 1, 3, "normal", 0, latent=lat)
+    run = InspectNeuron.execute
+    out = run(env["model"], loaded, env["vae"], env["cond"], "neuron", "", top, 1, 3, "normal", 0, latent=lat)
     heat, text = out.args
-    assert heat.shape == (1, 64, 64, 3) and 0 <= float(heat.min()) and float(heat.max()) <= 1
-    assert f"Latent {top}" in text and "thing" in text
+    # the 64 px picture is enlarged 4x to 256 px (nearest) and a colour scale sits below it
+    assert heat.shape[0] == 1 and heat.shape[2] == 256 and heat.shape[1] > 256 and heat.shape[3] == 3
+    assert 0 <= float(heat.min()) and float(heat.max()) <= 1
+    bar = heat[0, 256:].reshape(-1, 3)
+    for end in (colorize(torch.tensor(0.0)), colorize(torch.tensor(1.0))):  # both ends of the scale are drawn
+        assert (bar - end).abs().max(-1).values.min() < 0.02
+    # the summary speaks the widgets' language and explains its numbers
+    assert f"Latent {top} at step 1 of 3" in text and "thing" in text and "timestep" not in text
     image = env["vae"].decode(lat["samples"])
-    out2 = InspectNeuron.execute(env["model"], loaded, env["vae"], env["cond"], -1, "THING", 1, 3, "normal", 0, image=image)
-    assert "Concept 'thing'" in out2.args[1] and out2.args[0].shape == image.shape
+    out2 = run(env["model"], loaded, env["vae"], env["cond"], "concept", "THING", 0, 1, 3, "normal", 0, image=image)
+    assert out2.args[1].startswith("Concept 'thing' (object) at step 1 of 3") and out2.args[0].shape == heat.shape
+    assert out2.ui.as_dict()["images"]  # the heatmap is shown on the node
     # a map where the neuron is silent shows the picture, not a heatmap
-    silent = InspectNeuron.execute(env["model"], loaded, env["vae"], env["cond"], (top + 1) % 2560, "", 1, 3, "normal",
-                                   0, image=image).args[0]
-    assert not torch.allclose(silent, out2.args[0])
+    silent = run(env["model"], loaded, env["vae"], env["cond"], "neuron", "", (top + 1) % 2560, 1, 3, "normal",
+                 0, image=image).args[0]
+    assert not torch.allclose(silent[:, :256], out2.args[0][:, :256])
     with pytest.raises(SAEError, match="step 5"):
-        InspectNeuron.execute(env["model"], loaded, env["vae"], env["cond"], top, "", 5, 3, "normal", 0, latent=lat)
+        run(env["model"], loaded, env["vae"], env["cond"], "neuron", "", top, 5, 3, "normal", 0, latent=lat)
     with pytest.raises(SAEError, match="0..2559"):
-        InspectNeuron.execute(env["model"], loaded, env["vae"], env["cond"], 99999, "", 1, 3, "normal", 0, latent=lat)
+        run(env["model"], loaded, env["vae"], env["cond"], "neuron", "", 99999, 1, 3, "normal", 0, latent=lat)
+    with pytest.raises(SAEError, match="no concept is named"):
+        run(env["model"], loaded, env["vae"], env["cond"], "concept", " ", 0, 1, 3, "normal", 0, latent=lat)
     with pytest.raises(SAEError, match="Connect"):
-        InspectNeuron.execute(env["model"], loaded, env["vae"], env["cond"], top, "", 1, 3, "normal", 0)
+        run(env["model"], loaded, env["vae"], env["cond"], "neuron", "", top, 1, 3, "normal", 0)
     del comfy
+
+
+def test_every_input_and_output_says_what_it_is(pack):
+    """Hovering any socket or widget tells an artist what it does (the frontend shows these tooltips)."""
+    from saemnesia_pack.nodes import NODES
+    missing = []
+    for node in NODES:
+        s = node.define_schema()
+        missing += [f"{s.node_id}.{i.id}" for i in s.inputs if not (i.tooltip or "").strip()]
+        missing += [f"{s.node_id} output {o.display_name or o.io_type}" for o in s.outputs if not (o.tooltip or "").strip()]
+        for i in s.inputs:  # a multiline box shows no label: its placeholder names it while it is empty
+            if getattr(i, "multiline", False):
+                assert (i.placeholder or "").lower().startswith(i.id.replace("_", " ")), f"{s.node_id}.{i.id}"
+    assert not missing, missing
 
 
 TRAIN_ARGS = dict(objects="cat, dog", styles="ink", templates="a {object} in {style} style", labelled_prompts="",

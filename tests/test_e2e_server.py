@@ -90,7 +90,7 @@ def graph():
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "e2e_erased"}},
         "10": {"class_type": "SAEmnesiaInspectNeuron", "inputs": {
-            "model": ["1", 0], "sae": ["5", 0], "vae": ["1", 2], "positive": ["2", 0], "neuron": -1, "concept": "thing",
+            "model": ["1", 0], "sae": ["5", 0], "vae": ["1", 2], "positive": ["2", 0], "show": "concept", "concept": "thing", "neuron": 0,
             "step": 1, "steps": 2, "scheduler": "normal", "seed": 0, "latent": ["7", 0]}},
         "11": {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "e2e_heatmap"}},
     }

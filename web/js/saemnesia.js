@@ -313,7 +313,7 @@ function drawCurve(node) {
   ctx.fillText(rightMax.toPrecision(2), pad.l + pw + 3, pad.t);
   ctx.fillText("0", pad.l + pw + 3, pad.t + ph);
   ctx.textAlign = "center";
-  ctx.fillText(`step ${pts[pts.length - 1].step} / ${total}`, pad.l + pw / 2, h - pad.b / 2 + 1);
+  ctx.fillText(curve.text || `training step ${pts[pts.length - 1].step}/${total}`, pad.l + pw / 2, h - pad.b / 2 + 1);
 
   for (const s of SERIES) {
     const max = s.axis === "left" ? lossMax : rightMax;
@@ -330,6 +330,22 @@ function drawCurve(node) {
       started = true;
     }
     ctx.stroke();
+  }
+
+  // supervision starts here: the loss jumps (BCE and decorrelation terms join it), FVU does not
+  if (Number.isFinite(curve.superviseAt) && curve.superviseAt > 0 && curve.superviseAt < total) {
+    const sx = x(curve.superviseAt);
+    ctx.save();
+    ctx.setLineDash([3, 3]);
+    ctx.strokeStyle = "#bbb";
+    ctx.beginPath();
+    ctx.moveTo(sx, pad.t);
+    ctx.lineTo(sx, pad.t + ph);
+    ctx.stroke();
+    ctx.restore();
+    ctx.fillStyle = "#bbb";
+    ctx.textAlign = sx > pad.l + pw / 2 ? "right" : "left";
+    ctx.fillText("supervision starts", sx + (sx > pad.l + pw / 2 ? -3 : 3), pad.t + 8);
   }
 
   // legend with the latest values
@@ -360,7 +376,7 @@ function setupTrain(node) {
   const canvas = document.createElement("canvas");
   canvas.style.cssText = "width:100%;height:100%;display:block;border-radius:4px;";
   wrap.appendChild(canvas);
-  node.saemnesiaCurve = { canvas, points: [], total: 0, message: null };
+  node.saemnesiaCurve = { canvas, points: [], total: 0, message: null, superviseAt: null, text: "" };
 
   const widget = node.addDOMWidget(CURVE, "saemnesia_curve", wrap, {
     serialize: false,
@@ -371,8 +387,41 @@ function setupTrain(node) {
     getMaxHeight: () => 260,
   });
   widget.serialize = false;
+  // near the top, under the sockets, not below 20 widgets; widgets_values stay the inputs' values in
+  // order (LiteGraph would leave a hole at the curve's index, and loading shifts by one)
+  node.widgets.splice(node.widgets.indexOf(widget), 1);
+  node.widgets.unshift(widget);
+  const onSerialize = node.onSerialize;
+  node.onSerialize = function (o) {
+    onSerialize?.apply(this, arguments);
+    if (o.widgets_values) o.widgets_values = this.widgets.filter((w) => w.serialize !== false).map((w) => w.value);
+  };
   if (typeof ResizeObserver !== "undefined") new ResizeObserver(() => drawCurve(node)).observe(wrap);
   requestAnimationFrame(() => drawCurve(node));
+}
+
+// A multiline box shows its name only while empty (the placeholder); once filled, nothing says
+// which box is "objects" and which is "templates". Keep a small name tag in its corner.
+function labelTextareas(node, tries = 120) {
+  let pending = false;
+  for (const w of node.widgets ?? []) {
+    const el = w.inputEl ?? w.element;
+    if (!(el instanceof HTMLTextAreaElement) || el.dataset.saemnesiaLabelled) continue;
+    const host = el.parentElement;
+    if (!host) {
+      pending = true; // not mounted yet
+      continue;
+    }
+    el.dataset.saemnesiaLabelled = "1";
+    const tag = document.createElement("div");
+    tag.className = "saemnesia-textarea-label";
+    tag.textContent = String(w.label ?? w.name).replace(/_/g, " "); // text, never markup
+    tag.style.cssText = "position:absolute;bottom:2px;right:14px;font:10px sans-serif;padding:0 4px;border-radius:3px;" +
+      "background:rgba(0,0,0,.55);color:#ddd;pointer-events:none;z-index:1;";
+    if (getComputedStyle(host).position === "static") host.style.position = "relative";
+    host.appendChild(tag);
+  }
+  if (pending && tries > 0) requestAnimationFrame(() => labelTextareas(node, tries - 1));
 }
 
 function nodeByExecutionId(id) {
@@ -392,7 +441,15 @@ function onTrainEvent({ detail }) {
   const node = nodeByExecutionId(detail.node);
   const curve = node?.saemnesiaCurve;
   if (!curve) return;
+  if (detail.paused) {
+    curve.message = "paused — queue again to resume";
+    curve.text = String(detail.text ?? "");
+    drawCurve(node);
+    return;
+  }
   const point = { step: Number(detail.step) || 0, loss: detail.loss, fvu: detail.fvu, dead_fraction: detail.dead_fraction };
+  curve.superviseAt = detail.supervise_at == null ? null : Number(detail.supervise_at);
+  curve.text = String(detail.text ?? "");
   const last = curve.points[curve.points.length - 1];
   if (last && point.step <= last.step) curve.points = []; // a new run (or a resume) started
   curve.points.push(point);
@@ -425,7 +482,7 @@ app.registerExtension({
       const visit = (graph) => {
         for (const node of graph?.nodes ?? []) {
           if (node.saemnesiaCurve?.points.length && node.saemnesiaCurve.message !== "saved") {
-            node.saemnesiaCurve.message = "cancelled: queue again to resume";
+            node.saemnesiaCurve.message = "paused — queue again to resume";
             drawCurve(node);
           }
           if (node.subgraph) visit(node.subgraph);
@@ -440,6 +497,7 @@ app.registerExtension({
     if (cls === ERASE) setupErase(node);
     else if (cls === TRAIN) {
       setupTrain(node);
+      labelTextareas(node);
       watchSource(node);
     } else if (cls === LOAD) watchSource(node);
   },
