@@ -29,6 +29,10 @@ def _calibrated(s: dict) -> str:
     if all("detect_scale" in v for v in sup.values()):
         text += "; PER: its calibrated detection scale (" + ", ".join(
             f"{kind} {v['detect_scale']}" for kind, v in sup.items()) + "; 0 = wherever the latent is active)"
+    if "context_sae" in s:
+        c = s["context_sae"]
+        text += (f"; SAEmnesia on the text states: one SAE ({c['latents']} latents, k {c['k']}) for objects and styles, "
+                 f"calibrated multiplier x{c['default_multiplier']}, each erased concept's activation handed to its anchor")
     return text + ". "
 
 
@@ -95,7 +99,8 @@ def training(d):
 
 
 NAMES = {"none": "no erasure", "negative_prompt": "negative prompt", "saeuron": "SAeUron (per-concept grid search)",
-         "saemnesia": "SAEmnesia (one latent, one multiplier)", "saemnesia_per": "SAEmnesia + PER (detect and replace)"}
+         "saemnesia": "SAEmnesia (one latent, one multiplier)", "saemnesia_per": "SAEmnesia + PER (detect and replace)",
+         "saemnesia_context": "SAEmnesia on the text states, all 7 blocks (one latent + anchor, one multiplier)"}
 
 
 def _v(x):
@@ -113,20 +118,35 @@ def minicanvas(d):
             cells += [str(v.get("UA", "-")), str(v.get("IRA", "-")), str(v.get("CRA", "-")), f"**{v.get('avg', '-')}**"]
         rows.append(f"| {NAMES.get(key, key)} | " + " | ".join(cells) + f" | {m['artifact_rate']}% |")
     g = d["saeuron_search"]
-    multi = ["| erased at once | " + " | ".join(NAMES[k].split(" (")[0] for k in ("negative_prompt", "saeuron", "saemnesia", "saemnesia_per")) + " |",
-             "|---|---|---|---|---|"]
+    mk = [k for k in ("negative_prompt", "saeuron", "saemnesia", "saemnesia_per", "saemnesia_context") if k in d["methods"]]
+    multi = ["| erased at once | " + " | ".join(NAMES[k].split(" (")[0] for k in mk) + " |", "|---|" + "---|" * len(mk)]
     for group, res in d["multi_concept"]["results"].items():
         multi.append(f"| {group.replace('_', ' ')} | " + " | ".join(
-            f"{_v(res[k]['UA'])} / {_v(res[k]['IRA'])} / {_v(res[k]['CRA'])}" for k in ("negative_prompt", "saeuron", "saemnesia", "saemnesia_per")) + " |")
+            f"{_v(res[k]['UA'])} / {_v(res[k]['IRA'])} / {_v(res[k]['CRA'])}" if k in res else "-" for k in mk) + " |")
     seq = ["| objects erased | " + " | ".join(NAMES[k].split(" (")[0] for k in d["sequential"]["results"]) + " |",
            "|---|" + "---|" * len(d["sequential"]["results"])]
     n_steps = max((len(v) for v in d["sequential"]["results"].values()), default=0)
     for i in range(n_steps):
         seq.append(f"| {i + 1} | " + " | ".join(f"{_v(v[i]['UA'])} / {_v(v[i]['IRA'])} / {_v(v[i]['CRA'])}"
                                                  for v in d["sequential"]["results"].values()) + " |")
-    para = d["paraphrases"]["UA"]
-    par = ["| method | objects UA | styles UA |", "|---|---|---|"] + [
-        f"| {NAMES.get(k, k)} | {v['objects']} | {v['styles']} |" for k, v in para.items()]
+    if "results" in d["paraphrases"]:
+        par = ["| method | objects UA (drawn) | IRA | CRA | **avg** | styles UA (drawn) | IRA | CRA | **avg** |",
+               "|---|---|---|---|---|---|---|---|---|"]
+        for k, v in d["paraphrases"]["results"].items():
+            cells = []
+            for kind in ("objects", "styles"):
+                m = v["summary"].get(kind, {})
+                ua_drawn = m.get("UA_drawn", "-")
+                avg = round((ua_drawn + m["IRA"] + m["CRA"]) / 3, 2) if isinstance(ua_drawn, (int, float)) else "-"
+                cells += [f"{_v(ua_drawn)} (of {m.get('drawn', '-')})", _v(m.get("IRA")), _v(m.get("CRA")), f"**{avg}**"]
+            par.append(f"| {NAMES.get(k, k)} | " + " | ".join(cells) + " |")
+        para_text = ("UA over the target's reworded pictures whose unedited twin shows the target (how many in "
+                     "brackets); IRA/CRA on the reworded prompts; avg of the three")
+    else:
+        para = d["paraphrases"]["UA"]
+        par = ["| method | objects UA | styles UA |", "|---|---|---|"] + [
+            f"| {NAMES.get(k, k)} | {v['objects']} | {v['styles']} |" for k, v in para.items()]
+        para_text = "UA on the target's own paraphrased prompts"
     dm, run = d["demo_model"], d["run"]
     return (f"Answer set: {s['answer_set']} ({s['steps']} DDIM steps, CFG {s['cfg']}); every object and every style "
             f"erased in turn; means over the 6 targets of each kind. The demo model itself: object "
@@ -140,8 +160,8 @@ def minicanvas(d):
             + f"\n\nSeveral concepts at once (UA / IRA / CRA, seeds {d['multi_concept']['seeds']}):\n\n" + "\n".join(multi)
             + f"\n\nSequential erasure of the objects in the order {', '.join(d['sequential']['order'])} (UA over the erased "
               f"ones / IRA over the rest / CRA):\n\n" + "\n".join(seq)
-            + f"\n\nParaphrased prompts (e.g. {'; '.join(repr(e) for e in d['paraphrases']['examples'])}): UA on the "
-              f"target's own paraphrased prompts:\n\n" + "\n".join(par)
+            + f"\n\nParaphrased prompts (e.g. {'; '.join(repr(e) for e in d['paraphrases']['examples'])}): "
+              f"{para_text}:\n\n" + "\n".join(par)
             + "\n\n![MiniCanvas benchmark](benchmarks/results/minicanvas.png)")
 
 

@@ -205,11 +205,23 @@ def _context_patch(edit: BlockEdit, model_sampling):
 def capture_patch(model, hook_point: str, sink: Callable[[torch.Tensor, dict], None], cond_only: bool = True):
     """Clone of `model` that hands the block output (cond rows only, by default) to `sink`;
     info also carries `step`, the index of the current sigma in the schedule."""
+    return capture_patches(model, {hook_point: sink}, cond_only)
 
-    def edit(h, info):
-        info["step"] = step_index(info["transformer_options"], info["sigma"])
-        rows = half_rows(info["transformer_options"], h.shape[0], cond_only)
-        sink(h if rows is None else h[rows.to(h.device)], info)
-        return h
 
-    return patch_block_output(model, hook_point, edit)
+def capture_patches(model, sinks: dict[str, Callable[[torch.Tensor, dict], None]], cond_only: bool = True):
+    """capture_patch for several blocks at once (one clone, one sampling pass feeds them all)."""
+
+    def edit_for(sink):
+        def edit(h, info):
+            info["step"] = step_index(info["transformer_options"], info["sigma"])
+            rows = half_rows(info["transformer_options"], h.shape[0], cond_only)
+            sink(h if rows is None else h[rows.to(h.device)], info)
+            return h
+        return edit
+
+    return patch_block_outputs(model, {hook: edit_for(sink) for hook, sink in sinks.items()})
+
+
+def model_family(model) -> str:
+    """A short name of the model's config class (sd15, sdxl, ...), recorded in trained SAEs."""
+    return getattr(getattr(model.model, "model_config", None), "__class__", type(None)).__name__.lower()

@@ -12,11 +12,12 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 
-from saemnesia_core import LoadedSAE, SAEError, SAEInfo, TrainingCancelled, save_sae
+from saemnesia_core import LoadedSAE, SAEError, SAEInfo, TrainingCancelled, load_sae
 from saemnesia_core.activations import INDEX, ActivationStore, ActivationWriter
+from saemnesia_core.checkpoint import CONTEXT, save_sae_set
 from saemnesia_core.fileio import save_json_atomic
 from saemnesia_core.progress import TimeWeightedProgress, guess_step_seconds
-from saemnesia_core.prompts import DEFAULT_TEMPLATES, assemble_prompts
+from saemnesia_core.prompts import DEFAULT_TEMPLATES, LabelledPrompt, assemble_prompts, split_list
 from saemnesia_core.training import TrainConfig, train_sae
 
 from . import model_patch, sae_folder
@@ -84,8 +85,10 @@ class TrainSAEFromPrompts(io.ComfyNode):
                                 placeholder="labelled prompts:\ncat: a cat on a sofa\nstyle/ink: a house, ink drawing",
                                 tooltip="'label: prompt' lines (prefix 'object/' or 'style/' to set the kind); "
                                         "lines without a label are unlabelled prompts."),
-                io.String.Input("hook_point", default="auto", tooltip="Transformer block, e.g. output_blocks.4.1 "
-                                "(SD1.x objects) or output_blocks.5.1 (styles); auto picks one."),
+                io.String.Input("hook_point", default="auto", tooltip="Where the SAE reads: a transformer block, e.g. "
+                                "output_blocks.4.1 (SD1.x objects) or output_blocks.5.1 (styles); 'context' = the text "
+                                "states every cross-attention reads; several, comma separated, train one SAE set "
+                                "(one file, erased at every one of them); auto picks one block."),
                 io.Int.Input("steps", default=20, min=1, max=200, tooltip="Denoising steps per prompt while collecting (the block output is recorded at every step)."),
                 io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1, tooltip="Classifier-free guidance scale while collecting, as in KSampler."),
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
@@ -119,21 +122,18 @@ class TrainSAEFromPrompts(io.ComfyNode):
                 learning_rate, supervised, overwrite) -> io.NodeOutput:
         out_path = sae_folder.output_path(name, overwrite)
         prompts = assemble_prompts(objects, styles, templates, labelled_prompts)
-        hook = _default_hook(model) if hook_point.strip() in ("", "auto") else hook_point.strip()
-        module = model_patch.diffusion_module(model, hook)
-        if module is None:
-            raise SAEError(f"This model has no transformer block '{hook}'. Its blocks: "
-                           f"{', '.join(model_patch.transformer_blocks(model))}.")
-        d_in = model_patch.block_width(module)
+        hooks = _hook_points(model, hook_point)
+        widths = {h: _width(model, h) for h in hooks}
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"][:1])
         stem = os.path.splitext(os.path.basename(out_path))[0]
         run_dir = os.path.join(folder_paths.get_output_directory(), "saemnesia_runs", stem)
-        collect_settings = {"prompts": [[p.text, p.labels] for p in prompts], "hook": hook, "steps": steps, "cfg": cfg,
+        collect_settings = {"prompts": [[p.text, p.labels] for p in prompts], "hook": ",".join(hooks), "steps": steps, "cfg": cfg,
                             "sampler": sampler_name, "scheduler": scheduler, "seeds": seeds_per_prompt, "seed": seed, "noise": "one batch per prompt",
                             "shape": list(samples.shape)}
+        d_in = max(widths.values())
         node = cls.hidden.unique_id if cls.hidden is not None else None
         pbar = comfy.utils.ProgressBar(BAR, node_id=node)
-        timing = TimeWeightedProgress(len(prompts), train_steps,
+        timing = TimeWeightedProgress(len(prompts), train_steps * len(hooks),
                                       guess_step_seconds(d_in, d_in * expansion, batch_size))
 
         def show(fraction_text):
@@ -142,19 +142,20 @@ class TrainSAEFromPrompts(io.ComfyNode):
             pbar.update_absolute(round(fraction * BAR), BAR)
 
         try:
-            store = _collect(model, clip, prompts, hook, d_in, samples, collect_settings, run_dir,
-                             lambda done: show(timing.collected(done)), lambda: show(timing.reused_collection()))
+            stores = _collect(model, clip, prompts, widths, samples, collect_settings, run_dir,
+                              lambda done: show(timing.collected(done)), lambda: show(timing.reused_collection()))
         except comfy.model_management.InterruptProcessingException:
             _say(node, f"stopped while collecting ({timing.text}): queue again to collect again")
             raise
 
         # where the curve marks the start of supervision (the loss jumps there: docs/SAEmnesiaTrainSAEFromPrompts.md)
-        supervise_at = int(TrainConfig.assign_after * train_steps) if supervised and store.concept_names else None
+        supervise_at = int(TrainConfig.assign_after * train_steps) if supervised and prompts_have_labels(prompts) else None
+        member = {"i": 0}
         cancelled = {"flag": False}
 
         def progress(step, n, metrics):
             try:
-                show(timing.trained(step, n))
+                show(timing.trained(member["i"] * n + step, n * len(hooks)))
             except comfy.model_management.InterruptProcessingException:
                 cancelled["flag"] = True  # let the trainer save its checkpoint first
             if step % max(1, n // 100) == 0 or step == n:
@@ -165,15 +166,25 @@ class TrainSAEFromPrompts(io.ComfyNode):
         def should_cancel():
             return cancelled["flag"] or comfy.model_management.processing_interrupted()
 
-        cfg_train = TrainConfig(expansion=expansion, k=k, steps=train_steps, batch_size=batch_size, lr=learning_rate,
-                                supervised=supervised, seed=seed % (2 ** 31),
-                                dead_tokens=max(batch_size * 50, min(10_000_000, store.n_tokens * 4)),
-                                checkpoint_every=max(20, train_steps // 20))
+        family = model_patch.model_family(model)
+        members, records = [], {}
         try:
             with torch.inference_mode(False), torch.enable_grad():
-                # same settings: resume the last checkpoint; changed settings: a fresh run
-                sae, index, record = train_sae(store, cfg_train, os.path.join(run_dir, "train"), progress, should_cancel,
-                                               restart_on_mismatch=True)
+                for i, hook in enumerate(hooks):
+                    member["i"] = i
+                    store = stores[hook]
+                    # the text states of a few hundred prompts are far fewer vectors than a block's maps
+                    batch = min(batch_size, _floor_pow2(store.n_tokens))
+                    cfg_train = TrainConfig(expansion=expansion, k=min(k, widths[hook] * expansion), steps=train_steps,
+                                            batch_size=batch, lr=learning_rate, supervised=supervised, seed=seed % (2 ** 31),
+                                            dead_tokens=max(batch * 50, min(10_000_000, store.n_tokens * 4)),
+                                            checkpoint_every=max(20, train_steps // 20))
+                    # same settings: resume the last checkpoint; changed settings: a fresh run
+                    sae, index, record = train_sae(store, cfg_train, os.path.join(run_dir, "train", hook), progress,
+                                                   should_cancel, restart_on_mismatch=True)
+                    record.update(hook_point=hook, sampler=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg)
+                    members.append((sae, SAEInfo(hook, family, index, record, out_path)))
+                    records[hook] = record
         except TrainingCancelled:
             # an interrupt, not an error: the frontend shows it as such, and the node says how to go on
             msg = f"paused at {timing.text}: queue again to resume (same name and settings)"
@@ -181,37 +192,70 @@ class TrainSAEFromPrompts(io.ComfyNode):
             _say(node, msg)
             _send("saemnesia.train", {"node": node, "paused": True, "text": msg})
             raise comfy.model_management.InterruptProcessingException()
-        record.update(hook_point=hook, sampler=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg)
-        family = getattr(getattr(model.model, "model_config", None), "__class__", type(None)).__name__.lower()
-        info = SAEInfo(hook, family, index, record, out_path)
-        save_sae(out_path, sae, info)
+        training = records[hooks[0]] if len(hooks) == 1 else {"members": records, "hook_points": hooks}
+        save_sae_set(out_path, members, training)
         sae_folder.forget(out_path)
         pbar.update_absolute(BAR, BAR)
         _say(node, f"saved {os.path.basename(out_path)}")
-        loaded = LoadedSAE(sae, info)
-        report = (f"Saved {out_path}\n{loaded.describe()}\nFVU {record['fvu']:.3f}, dead latents "
-                  f"{record['dead_fraction'] * 100:.1f}%, {record['tokens_seen']} tokens in {record['seconds']:.0f}s"
-                  + (" (resumed)" if record.get("resumed") else ""))
+        loaded = load_sae(out_path)
+        report = f"Saved {out_path}\n{loaded.describe()}\n" + "\n".join(
+            f"{h}: FVU {r['fvu']:.3f}, dead latents {r['dead_fraction'] * 100:.1f}%, {r['tokens_seen']} tokens in "
+            f"{r['seconds']:.0f}s" + (" (resumed)" if r.get("resumed") else "") for h, r in records.items())
         return io.NodeOutput(loaded, report, ui={"text": [report]})
 
 
-def _collect(model, clip, prompts, hook, d_in, samples, settings, run_dir, on_prompt, on_reuse) -> ActivationStore:
-    """Sample every prompt and store the block's cond-half outputs at every step.
+def prompts_have_labels(prompts) -> bool:
+    return any(p.labels for p in prompts)
+
+
+def _floor_pow2(n: int) -> int:
+    return 1 << max(4, int(n).bit_length() - 1)
+
+
+def _hook_points(model, text: str) -> list[str]:
+    """'auto', one hook point, or several (comma separated): each a transformer block or 'context'."""
+    hooks = list(dict.fromkeys(_default_hook(model) if h in ("", "auto") else h for h in (split_list(text) or ["auto"])))
+    for h in hooks:
+        if h != CONTEXT and model_patch.diffusion_module(model, h) is None:
+            raise SAEError(f"This model has no transformer block '{h}'. Its blocks: "
+                           f"{', '.join(model_patch.transformer_blocks(model))}; or 'context' for the text states.")
+    return hooks
+
+
+def _width(model, hook: str) -> int:
+    if hook == CONTEXT:
+        width = model_patch.context_width(model)
+        if width is None:
+            raise SAEError("This model has no cross-attention, so there is no 'context' to train an SAE on.")
+        return width
+    return model_patch.block_width(model_patch.diffusion_module(model, hook))
+
+
+def _collect(model, clip, prompts, widths: dict[str, int], samples, settings, run_dir, on_prompt, on_reuse) -> dict[str, ActivationStore]:
+    """Store, per hook point, what it sees for every prompt: a block's cond-half outputs at every
+    denoising step (one sampling pass feeds every block), or the prompt's text states ('context',
+    plus the empty prompt's, so the SAE also knows the unconditional half).
     Reuses a finished collection with the same settings (so a cancelled training resumes)."""
-    act_dir = os.path.join(run_dir, "activations")
+    act_root = os.path.join(run_dir, "activations")
     stamp = os.path.join(run_dir, "collect.json")
-    if os.path.isfile(os.path.join(act_dir, INDEX)) and os.path.isfile(stamp):
+    if os.path.isfile(stamp) and all(os.path.isfile(os.path.join(act_root, h, INDEX)) for h in widths):
         with open(stamp, encoding="utf-8") as f:
             if json.load(f) == json.loads(json.dumps(settings)):
                 on_reuse()
-                return ActivationStore(act_dir)
+                return {h: ActivationStore(os.path.join(act_root, h)) for h in widths}
     # settings changed or a collection was interrupted: start this run over
     shutil.rmtree(run_dir, ignore_errors=True)
-    writer = ActivationWriter(act_dir, d_in, prompts, hook_point=hook)
+    blocks = [h for h in widths if h != CONTEXT]
+    writers = {h: ActivationWriter(os.path.join(act_root, h), widths[h], prompts, hook_point=h) for h in blocks}
     current = {"prompt": 0}
-    probe = model_patch.capture_patch(
-        model, hook, lambda h, info: writer.add(h.permute(0, 2, 3, 1).reshape(-1, h.shape[1]), info["timestep"], current["prompt"]))
+
+    def sink(hook):
+        return lambda h, info: writers[hook].add(h.permute(0, 2, 3, 1).reshape(-1, h.shape[1]), info["timestep"], current["prompt"])
+    probe = model_patch.capture_patches(model, {h: sink(h) for h in blocks}) if blocks else None
     empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    if CONTEXT in widths:
+        text_prompts = list(prompts) + [LabelledPrompt("", {})]
+        writers[CONTEXT] = ActivationWriter(os.path.join(act_root, CONTEXT), widths[CONTEXT], text_prompts, hook_point=CONTEXT)
 
     def check_interrupt(*_):
         comfy.model_management.throw_exception_if_processing_interrupted()
@@ -221,10 +265,22 @@ def _collect(model, clip, prompts, hook, d_in, samples, settings, run_dir, on_pr
     for pid, p in enumerate(prompts):
         cond = clip.encode_from_tokens_scheduled(clip.tokenize(p.text))
         current["prompt"] = pid
-        noise = comfy.sample.prepare_noise(batch, settings["seed"])
-        comfy.sample.sample(probe, noise, settings["steps"], settings["cfg"], settings["sampler"], settings["scheduler"],
-                            cond, empty, batch, callback=check_interrupt, disable_pbar=True, seed=settings["seed"])
+        if CONTEXT in writers:
+            writers[CONTEXT].add(_text_states(cond), 0.0, pid)
+        if probe is not None:
+            noise = comfy.sample.prepare_noise(batch, settings["seed"])
+            comfy.sample.sample(probe, noise, settings["steps"], settings["cfg"], settings["sampler"], settings["scheduler"],
+                                cond, empty, batch, callback=check_interrupt, disable_pbar=True, seed=settings["seed"])
+        else:
+            check_interrupt()
         on_prompt(pid + 1)
-    store = writer.close()
+    if CONTEXT in writers:
+        writers[CONTEXT].add(_text_states(empty), 0.0, len(prompts))
+    stores = {h: w.close() for h, w in writers.items()}
     save_json_atomic(settings, stamp)
-    return store
+    return stores
+
+
+def _text_states(cond) -> torch.Tensor:
+    """[tokens, width] of a CLIPTextEncode-style conditioning (all its entries, every token)."""
+    return torch.cat([c[0].reshape(-1, c[0].shape[-1]) for c in cond]).float().cpu()

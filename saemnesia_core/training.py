@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 from .activations import ActivationStore
 from .checkpoint import read_safetensors_metadata
-from .concepts import ConceptIndex, ConceptStats, assign_latents, select_unsupervised, supervised_index
+from .concepts import ConceptIndex, ConceptStats, assign_anchors, assign_latents, select_unsupervised, supervised_index
 from .errors import SAEError, TrainingCancelled
 from .fileio import save_safetensors_atomic
 from . import sparse_ops
@@ -161,7 +161,7 @@ def build_index(sae: TopKSAE, store: ActivationStore, cfg: TrainConfig, assignme
         return ConceptIndex(timesteps=store.timesteps())
     stats = concept_statistics(sae, store, should_cancel=should_cancel)
     if assignment:
-        return supervised_index(stats, assignment, cfg.default_multiplier_supervised)
+        return assign_anchors(supervised_index(stats, assignment, cfg.default_multiplier_supervised), sae.W_dec)
     return select_unsupervised(stats, cfg.quantile, cfg.max_latents, cfg.default_multiplier_unsupervised)
 
 

@@ -31,11 +31,23 @@ sys.path.insert(0, REPO)
 
 OBJECTS = "circle, square, triangle, cross, star, heart"
 STYLES = "solid, stripes, dots, checker, outline, gradient"
-SPECS = {  # name: (block, supervised)
+SPECS = {  # name: (hook point(s), supervised)
     "minicanvas_objects_saemnesia": ("output_blocks.1.1", True),
     "minicanvas_objects_saeuron": ("output_blocks.1.1", False),
     "minicanvas_styles_saemnesia": ("output_blocks.3.1", True),
     "minicanvas_styles_saeuron": ("output_blocks.3.1", False),
+    # the text states every cross-attention of all seven transformer blocks reads: one SAE for
+    # objects and styles alike (see docs/minicanvas.md, "Where concepts live")
+    "minicanvas_context_saemnesia": ("context", True),
+}
+# Per-file settings over NODE_SETTINGS. The text SAE sees each prompt once (no sampling), so it
+# gets several wordings of the labelled prompts; none is a wording the benchmark's paraphrase
+# test uses ("{style} {object}" with synonyms, "a picture of a ..., ... style", "... style, a ...").
+OVERRIDES = {
+    "minicanvas_context_saemnesia": dict(
+        templates="\n".join(["a {object} in {style} style", "a {style} style {object}", "{object}, {style}",
+                             "an image of a {object} in {style} style", "a {object} drawn in {style} style"]),
+        expansion=4, k=16, train_steps=1500, batch_size=512),
 }
 NODE_SETTINGS = dict(templates="a {object} in {style} style", labelled_prompts="", steps=25, cfg=4.0,
                      sampler_name="ddim", scheduler="ddim_uniform", seeds_per_prompt=3, seed=1000, expansion=8, k=16,
@@ -66,7 +78,7 @@ def train(names: list[str], threads: int):
         print(f"== {name}: {block}, {'supervised' if supervised else 'unsupervised'}", flush=True)
         with torch.inference_mode():  # as ComfyUI runs a prompt
             out = TrainSAEFromPrompts.execute(model, clip, latent, name, OBJECTS, STYLES, hook_point=block,
-                                              supervised=supervised, **NODE_SETTINGS)
+                                              supervised=supervised, **{**NODE_SETTINGS, **OVERRIDES.get(name, {})})
         print(out.args[1], flush=True)
         copy_atomic(os.path.join(WORK, "sae", name + ".safetensors"), os.path.join(SHIPPED, name + ".safetensors"))
 
@@ -89,8 +101,8 @@ def calibrate(names: list[str], threads: int):
     from saemnesia_core.minicanvas.bench import calibrate_shipped
     for name in names:
         if SPECS[name][1]:
-            calibrate_shipped(os.path.join(SHIPPED, name + ".safetensors"), "objects" if "objects" in name else "styles",
-                              threads=threads)
+            kinds = [k for k in ("objects", "styles") if k in name] or ["objects", "styles"]
+            calibrate_shipped(os.path.join(SHIPPED, name + ".safetensors"), kinds, threads=threads)
 
 
 def main(argv=None):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import load_sae
-from ..checkpoint import CONTEXT, save_sae
+from ..checkpoint import CONTEXT, save_sae_set
 from ..intervention import ConceptEraser
 from ..training import concept_statistics
 from ..concepts import select_unsupervised
@@ -43,6 +43,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SAE_DIR = os.path.join(REPO, "models", "sae")
 SAES = {"objects": {"saeuron": "minicanvas_objects_saeuron", "saemnesia": "minicanvas_objects_saemnesia"},
         "styles": {"saeuron": "minicanvas_styles_saeuron", "saemnesia": "minicanvas_styles_saemnesia"}}
+CONTEXT_SAE = "minicanvas_context_saemnesia"  # one text SAE for both kinds: read by every cross-attention
 TEMPLATE = "a {object} in {style} style"  # data.prompt_for's
 TEST_SEEDS = [0, 1, 2]
 VALIDATION_SEEDS = [500]  # never in the answer set; also what calibration uses
@@ -63,6 +64,7 @@ DETECT_SCALES = [1.0, 0.0]  # replace mode: detect above the latent's mean / whe
 TAUS = [0.99, 0.999]  # with 512 latents: about the top 5 and the top 1 per timestep
 GAMMAS = [-2.0, -8.0, -30.0]
 GLOBAL_MULTIPLIERS = [-1.5, -5.0, -20.0, -50.0, -100.0, -200.0]
+CONTEXT_MULTIPLIERS = [0.0, -0.5, -1.5, -3.0]
 PARAPHRASE_OBJECTS = {"circle": "round disc", "square": "box", "triangle": "three-sided shape", "cross": "plus sign",
                       "star": "five-pointed star", "heart": "love heart"}
 PARAPHRASE_STYLES = {"solid": "plain filled", "stripes": "striped", "dots": "polka dot", "checker": "checkerboard",
@@ -144,6 +146,16 @@ class Answers:
         out = {"UA": 100 * ua, "IRA": 100 * ira, "CRA": 100 * cra}
         out["avg"] = sum(out.values()) / 3
         return {k: round(v, 2) for k, v in out.items()}
+
+    def drawn_metrics(self, targets: list[str], drawn: torch.Tensor) -> dict:
+        """UA over the targets' pictures whose unedited twin showed the target (`drawn`, per row)."""
+        kind = kind_of(targets[0])
+        truth, pred, names = ((self.objs, self.pred_obj, data.OBJECTS) if kind == "objects"
+                              else (self.styles, self.pred_style, data.STYLES))
+        on = torch.isin(truth, torch.tensor([names.index(t) for t in targets])) & drawn
+        erased = (pred != truth) & ~self.broken
+        return {"UA_drawn": round(100 * float(erased[on].float().mean()), 2) if on.any() else float("nan"),
+                "drawn": int(on.sum())}
 
     @property
     def artifacts(self) -> torch.Tensor:
@@ -253,14 +265,19 @@ class Methods:
     bench: Bench
     saes: dict  # kind -> {"saeuron": LoadedSAE, "saemnesia": LoadedSAE}
     saeuron_choice: dict = field(default_factory=dict)  # concept -> {"tau", "gamma", "index"}
+    context_sae: object = None  # LoadedSAE of the text SAE, or None when not shipped
 
     def saemnesia(self, targets, mode="neuron"):
         edits = []
         for kind in dict.fromkeys(kind_of(t) for t in targets):
-            s = self.saes[kind]["saemnesia"]
             names = [t for t in targets if kind_of(t) == kind]
-            edits.append((s.info.hook_point, ConceptEraser(s.sae, s.index, names, mode=mode)))
+            edits += erasers_for(self.saes[kind]["saemnesia"], names, mode=mode)
         return edits
+
+    def context(self, targets):
+        """SAEmnesia on the text states: the concepts' latents (handed to their anchors) in what
+        every cross-attention reads, with the SAE's calibrated multiplier."""
+        return erasers_for(self.context_sae, list(targets), mode="neuron")
 
     def per(self, targets):
         return self.saemnesia(targets, mode="replace")
@@ -318,21 +335,37 @@ def grid_search_saeuron(bench: Bench, methods: Methods, targets, seeds, log, tau
             "gammas": gammas, "validation": "per setting: the target's 6 prompts + 1 prompt of each other concept", "chosen": {t: {"tau": c["tau"], "gamma": c["gamma"]} for t, c in methods.saeuron_choice.items()}}
 
 
-def _validation_score(bench: Bench, loaded, kind: str, seeds, **eraser) -> float:
-    names = list(data.OBJECTS if kind == "objects" else data.STYLES)
+def erasers_for(loaded, names, **eraser) -> list:
+    """(hook point, ConceptEraser) for every SAE of a file (a set erases at each of its blocks)."""
+    return [(m.info.hook_point, ConceptEraser(m.sae, m.index, names, **eraser)) for m in loaded.blocks]
+
+
+def is_context_sae(loaded) -> bool:
+    return any(m.info.hook_point == CONTEXT for m in loaded.blocks)
+
+
+def _validation_score(bench: Bench, loaded, kinds, seeds, **eraser) -> float:
+    names = [t for k in kinds for t in (data.OBJECTS if k == "objects" else data.STYLES)]
     scores = []
     for t in names:
-        er = ConceptEraser(loaded.sae, loaded.index, [t], **eraser)
-        scores.append(bench.answer_set(seeds, pairs=validation_pairs(t), edits=[(loaded.info.hook_point, er)])
+        scores.append(bench.answer_set(seeds, pairs=validation_pairs(t), edits=erasers_for(loaded, [t], **eraser))
                       .metrics([t])["avg"])
     return round(sum(scores) / len(scores), 2)
 
 
-def calibrate(bench: Bench, loaded, kind: str, seeds=VALIDATION_SEEDS, candidates=GLOBAL_MULTIPLIERS, log=print,
-              known: dict | None = None, detect_scales=DETECT_SCALES) -> dict:
+def calibrate(bench: Bench, loaded, kinds, seeds=VALIDATION_SEEDS, candidates=None, log=print,
+              known: dict | None = None, detect_scales=None) -> dict:
     """SAEmnesia's one global multiplier: the candidate with the best mean score over all the
-    SAE's concepts of its kind on validation seeds (never per concept). Likewise replace
-    (PER)'s one detection scale, so that erase mode 'auto' defaults to whichever works better."""
+    SAE's concepts of its kind(s) on validation seeds (never per concept). Likewise replace
+    (PER)'s one detection scale, so that erase mode 'auto' defaults to whichever works better.
+    A text ('context') SAE has no positions to replace, and its concept latents hand their
+    activation to an anchor, so its candidates are gentler (0 = the concept's latent removed)."""
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+    context = is_context_sae(loaded)
+    if candidates is None:
+        candidates = CONTEXT_MULTIPLIERS if context else GLOBAL_MULTIPLIERS
+    if detect_scales is None:
+        detect_scales = [] if context else DETECT_SCALES
     # `known`: an earlier calibration of this file with the same seeds and scoring; its scores are reused
     same = bool(known) and known.get("validation_seeds") == list(seeds) and known.get("scoring") == SCORING
     name = os.path.basename(loaded.info.source)
@@ -341,29 +374,31 @@ def calibrate(bench: Bench, loaded, kind: str, seeds=VALIDATION_SEEDS, candidate
         done = {float(v): sc for v, sc in (known or {}).get(key, {}).items()} if same else {}
         out = {}
         for v in values:
-            out[v] = done[v] if v in done else _validation_score(bench, loaded, kind, seeds, **eraser(v))
+            out[v] = done[v] if v in done else _validation_score(bench, loaded, kinds, seeds, **eraser(v))
             log(f"calibration {name}: {key} {v} -> {out[v]}")
         return out
 
     by_multiplier = scores("mean_score_by_multiplier", candidates, lambda m: {"mode": "neuron", "multiplier": m})
     by_scale = scores("mean_score_replace_by_detect_scale", detect_scales,
                       lambda d: {"mode": "replace", "detect_scale": d})
-    best, best_scale = max(by_multiplier, key=by_multiplier.get), max(by_scale, key=by_scale.get)
+    best = max(by_multiplier, key=by_multiplier.get)
+    best_scale = max(by_scale, key=by_scale.get) if by_scale else loaded.index.detect_scale
+    use_replace = bool(by_scale) and by_scale[best_scale] > by_multiplier[best]
     return {"multiplier": best, "mean_score_by_multiplier": by_multiplier, "detect_scale": best_scale,
-            "mean_score_replace_by_detect_scale": by_scale,
-            "default_mode": "replace" if by_scale[best_scale] > by_multiplier[best] else "neuron",
-            "validation_seeds": list(seeds), "scoring": SCORING, "noise_margin": NOISE_MARGIN,
+            "mean_score_replace_by_detect_scale": by_scale, "default_mode": "replace" if use_replace else "neuron",
+            "kinds": kinds, "validation_seeds": list(seeds), "scoring": SCORING, "noise_margin": NOISE_MARGIN,
             "denoise_margin": DENOISE_MARGIN}
 
 
-def calibrate_shipped(path: str, kind: str, threads: int = 1):
+def calibrate_shipped(path: str, kinds, threads: int = 1):
     loaded = load_sae(path)
-    result = calibrate(Bench(threads=threads), loaded, kind, known=loaded.info.training.get("calibration"))
-    loaded.index.default_multiplier = float(result["multiplier"])
-    loaded.index.default_mode = result["default_mode"]
-    loaded.index.detect_scale = float(result["detect_scale"])
+    result = calibrate(Bench(threads=threads), loaded, kinds, known=loaded.info.training.get("calibration"))
+    for m in loaded.blocks:
+        m.index.default_multiplier = float(result["multiplier"])
+        m.index.default_mode = result["default_mode"]
+        m.index.detect_scale = float(result["detect_scale"])
     loaded.info.training["calibration"] = result
-    save_sae(path, loaded.sae, loaded.info)
+    save_sae_set(path, [(m.sae, m.info) for m in loaded.blocks], loaded.info.training)
     print(f"{path}: default multiplier {result['multiplier']}, detect scale {result['detect_scale']}, "
           f"default mode {result['default_mode']}", flush=True)
 
@@ -373,7 +408,8 @@ def run(args) -> dict:
     bench = Bench(threads=args.threads, batch=args.batch, steps=args.steps)
     saes = {kind: {m: load_sae(os.path.join(args.sae_dir, name + ".safetensors")) for m, name in v.items()}
             for kind, v in SAES.items()}
-    methods = Methods(bench, saes)
+    context_path = os.path.join(args.sae_dir, CONTEXT_SAE + ".safetensors")
+    methods = Methods(bench, saes, context_sae=load_sae(context_path) if os.path.isfile(context_path) else None)
     targets = [t for t in (list(data.OBJECTS) + list(data.STYLES)) if not args.targets or t in args.targets]
     seeds = list(range(args.seeds))
     t_start = time.perf_counter()
@@ -402,6 +438,11 @@ def run(args) -> dict:
         "saemnesia": lambda ts: {"edits": methods.saemnesia(ts)},
         "saemnesia_per": lambda ts: {"edits": methods.per(ts)},
     }
+    if methods.context_sae is not None:
+        plans["saemnesia_context"] = lambda ts: {"edits": methods.context(ts)}
+        out["settings"]["context_sae"] = {"file": CONTEXT_SAE + ".safetensors", "latents": methods.context_sae.sae.n_latents,
+                                          "k": methods.context_sae.sae.k,
+                                          "default_multiplier": methods.context_sae.index.default_multiplier}
     for name, plan in plans.items():
         per_target, confident = {}, []
         for t in targets:
@@ -428,7 +469,7 @@ def run(args) -> dict:
 
     objects = [t for t in data.OBJECTS if t in targets]
     out["sequential"] = {"seeds": extra_seeds, "order": objects, "results": {}}
-    for name in ("saemnesia", "saemnesia_per"):
+    for name in [n for n in ("saemnesia", "saemnesia_per", "saemnesia_context") if n in plans]:
         steps = []
         for n in range(1, len(objects) + 1 if len(objects) > 1 else 0):
             erased = objects[:n]
@@ -437,20 +478,27 @@ def run(args) -> dict:
             log(f"sequential {name} {n}: {m}")
         out["sequential"]["results"][name] = steps
 
-    # paraphrases: UA on the target's own paraphrased prompts (other words, other word order)
+    # paraphrases: other words and word orders than any prompt the SAEs were trained or calibrated on.
+    # Per target, its 6 prompts and one prompt of each other concept of its kind, reworded. UA counts
+    # only pictures whose unedited twin shows the target ("drawn and removed"): a reworded prompt the
+    # model does not draw is no test of erasure. IRA/CRA as in the main table, on the reworded prompts.
     out["paraphrases"] = {"seeds": extra_seeds, "examples": [paraphrase("star", "stripes", i) for i in range(3)],
-                          "UA": {}}
+                          "UA": {}, "results": {}}
     words = lambda o, s, seed: paraphrase(data.OBJECTS[o], data.STYLES[s], o + s)  # noqa: E731
+    drawn = {}
     for name, plan in {"none": lambda ts: {}, **plans}.items():
-        uas = {}
+        per_target = {}
         for t in targets:
-            kind = kind_of(t)
-            pairs = ([(data.OBJECTS.index(t), s) for s in range(6)] if kind == "objects"
-                     else [(o, data.STYLES.index(t)) for o in range(6)])
-            uas[t] = bench.answer_set(extra_seeds, pairs=pairs, words=words, **plan([t])).metrics([t])["UA"]
-        out["paraphrases"]["UA"][name] = {"targets": uas, **{k: _mean([uas[t] for t in targets if kind_of(t) == k])
-                                                              for k in ("objects", "styles")}}
-        log(f"paraphrases {name}: {out['paraphrases']['UA'][name]}")
+            a = bench.answer_set(extra_seeds, pairs=validation_pairs(t), words=words, **plan([t]))
+            if name == "none":
+                truth, pred = (a.objs, a.pred_obj) if kind_of(t) == "objects" else (a.styles, a.pred_style)
+                drawn[t] = pred == truth
+            per_target[t] = {**a.metrics([t]), **a.drawn_metrics([t], drawn[t])}
+        out["paraphrases"]["results"][name] = {"targets": per_target, "summary": summarize_paraphrases(per_target)}
+        out["paraphrases"]["UA"][name] = {"targets": {t: m["UA"] for t, m in per_target.items()},
+                                          **{k: _mean([m["UA"] for t, m in per_target.items() if kind_of(t) == k])
+                                             for k in ("objects", "styles")}}
+        log(f"paraphrases {name}: {out['paraphrases']['results'][name]['summary']}")
 
     out["run"] = {"images": bench.images, "sampling_seconds": round(bench.seconds, 1),
                   "seconds": round(time.perf_counter() - t_start, 1), "threads": args.threads,
@@ -504,6 +552,10 @@ def merge(parts: list[dict]) -> dict:
                 out["sequential"]["results"][name] = steps
         if p["sequential"]["order"]:
             out["sequential"]["order"] = p["sequential"]["order"]
+        for name, v in p["paraphrases"].get("results", {}).items():
+            o = out["paraphrases"]["results"].setdefault(name, {"targets": {}})
+            o["targets"].update(v["targets"])
+            o["summary"] = summarize_paraphrases(o["targets"])
         for name, v in p["paraphrases"]["UA"].items():
             o = out["paraphrases"]["UA"][name]
             o["targets"].update(v["targets"])
@@ -534,6 +586,16 @@ def _no_nan(obj):
 def _mean(xs):
     xs = [x for x in xs if x == x]
     return round(sum(xs) / len(xs), 2) if xs else float("nan")
+
+
+def summarize_paraphrases(per_target: dict) -> dict:
+    out = {}
+    for kind in ("objects", "styles"):
+        rows = [m for t, m in per_target.items() if kind_of(t) == kind]
+        if rows:
+            out[kind] = {k: _mean([r[k] for r in rows]) for k in ("UA", "UA_drawn", "IRA", "CRA", "avg")}
+            out[kind]["drawn"] = sum(r["drawn"] for r in rows)
+    return out
 
 
 def summarize(per_target: dict) -> dict:
