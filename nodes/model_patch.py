@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from saemnesia_core import IncompatibleSAEError, LoadedSAE
+from saemnesia_core.intervention import check_window
 
 log = logging.getLogger("saemnesia")
 
@@ -128,6 +129,7 @@ def patch_block_output(model, hook_point: str, edit: BlockEdit):
 def erase_patch(model, loaded: LoadedSAE, eraser, cond_only: bool, start_percent: float, end_percent: float):
     """Clone of `model` whose block at the SAE's hook point runs `eraser` within the window."""
     check_compatible(model, loaded)
+    check_window(start_percent, end_percent)  # a NaN window would fail deep inside percent_to_sigma
     ms = model.get_model_object("model_sampling")
     sigma_start, sigma_end = ms.percent_to_sigma(start_percent), ms.percent_to_sigma(end_percent)
 
