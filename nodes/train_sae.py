@@ -98,6 +98,10 @@ class TrainSAEFromPrompts(io.ComfyNode):
             raise SAEError(f"This model has no transformer block '{hook}'. Its blocks: "
                            f"{', '.join(model_patch.transformer_blocks(model))}.")
         d_in = model_patch.block_width(module)
+        if d_in and k > expansion * d_in:
+            # TopKSAE would refuse this too, but only after every prompt has been sampled
+            raise SAEError(f"k={k} is more than the SAE's {expansion * d_in} latents ({d_in} channels at {hook} x "
+                           f"expansion {expansion}); lower k or raise expansion.")
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"][:1])
         stem = os.path.splitext(os.path.basename(out_path))[0]
         run_dir = os.path.join(folder_paths.get_output_directory(), "saemnesia_runs", stem)
