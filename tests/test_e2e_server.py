@@ -181,8 +181,8 @@ def write_hostile(folder, name, record_text):
 @pytest.mark.parametrize("name, record, words", [
     ("hostile_deep.safetensors", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
     ("hostile_list.safetensors", "[1, 2]", "JSON list, not an object"),
-    ("hostile_nan.safetensors", '{"format_version": 1, "hook_point": "output_blocks.5.1", "k": 2, "concept_index": '
-                                '{"concepts": {"cat": {"multiplier": NaN, "selections": []}}}}', "multiplier is nan"),
+    ("hostile_nan.safetensors", ('{"format_version": 1, "hook_point": "output_blocks.5.1", "k": 2, "concept_index": '
+                                 '{"concepts": {"cat": {"multiplier": NaN, "selections": []}}}}'), "multiplier is nan"),
     ("hostile_version.safetensors", '{"format_version": "1", "k": 2}', "format_version is '1'"),
 ])
 def test_hostile_sae_file_is_a_node_error_and_a_json_route_error(server, name, record, words):
