@@ -1,6 +1,7 @@
 from comfy_api.latest import io
 
-from saemnesia_core import ConceptEraser, parse_concepts
+from saemnesia_core import ConceptEraser, SAEError, parse_concepts
+from saemnesia_core.intervention import check_window, finite, window_problem
 
 from . import model_patch
 from .sae_type import CATEGORY, PREFIX, SAE, schema, ALIASES
@@ -42,14 +43,23 @@ class EraseConcepts(io.ComfyNode):
             outputs=[io.Model.Output(tooltip="A patched copy of the model with the concepts erased; wire it to KSampler.")],
         )
 
+    # ComfyUI 0.3.75 attaches a validate_inputs failure to every input the method declares and
+    # skips its own min/max checks for them, so only the window (checked as a pair) is declared:
+    # its errors land on the two window widgets, and strength/multiplier keep ComfyUI's range
+    # checks on their own widgets (those let NaN through; execute refuses it before any sampling).
     @classmethod
-    def validate_inputs(cls, start_percent=0.0, end_percent=1.0, **_):
-        if start_percent > end_percent:
-            return f"start_percent ({start_percent}) is after end_percent ({end_percent}); swap them."
-        return True
+    def validate_inputs(cls, start_percent, end_percent):
+        return window_problem(start_percent, end_percent) or True
 
     @classmethod
     def execute(cls, model, sae, concepts, mode, strength, multiplier, apply_to, start_percent, end_percent) -> io.NodeOutput:
+        # checked here as well: V3 combos are not checked against their options by ComfyUI
+        # 0.3.75, NaN passes its range checks, and linked inputs are unknown at validation
+        if apply_to not in HALVES:
+            raise SAEError(f"apply_to is {apply_to!r:.40}; use one of: {', '.join(HALVES)}.")
+        check_window(start_percent, end_percent)
+        strength = finite(strength, "strength", "give 0 (off), 1 (as published) or more.")
+        multiplier = finite(multiplier, "multiplier", "give a number such as -1.5, or 0 for the SAE's default.")
         names = parse_concepts(concepts)
         if not names:
             return io.NodeOutput(model)  # nothing to erase: pass the model through unchanged

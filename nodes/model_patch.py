@@ -16,6 +16,7 @@ import torch
 
 from saemnesia_core import IncompatibleSAEError, LoadedSAE
 from saemnesia_core.checkpoint import CONTEXT
+from saemnesia_core.intervention import check_window
 
 log = logging.getLogger("saemnesia")
 
@@ -162,6 +163,7 @@ def erase_patch(model, loaded: LoadedSAE, erasers: list, cond_only: bool, start_
     """Clone of `model` in which each block of the SAE (set) runs its eraser (one per member of
     `loaded.blocks`, same order) within the window."""
     check_compatible(model, loaded)
+    check_window(start_percent, end_percent)  # a NaN window would fail deep inside percent_to_sigma
     ms = model.get_model_object("model_sampling")
     sigma_start, sigma_end = ms.percent_to_sigma(start_percent), ms.percent_to_sigma(end_percent)
 

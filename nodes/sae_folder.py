@@ -7,11 +7,11 @@ import re
 import folder_paths
 
 from saemnesia_core import LoadedSAE, SAEError, load_sae
+from saemnesia_core.cache import SAECache, file_stamp
 
 FOLDER = "sae"
 EXTENSIONS = {".safetensors"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,120}$")
-_cache: dict[str, tuple[float, LoadedSAE]] = {}
 # SAEs shipped with the pack (repo root / models / sae), read-only for the nodes
 PACK_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", FOLDER)
 
@@ -62,14 +62,24 @@ def resolve(name: str) -> str:
     return path
 
 
+_cache = SAECache()  # bounded: 4 SAEs or 1 GiB of weights, whichever comes first
+
+
 def load(name: str) -> LoadedSAE:
     path = resolve(name)
-    mtime = os.path.getmtime(path)
-    hit = _cache.get(path)
-    if hit and hit[0] == mtime:
-        return hit[1]
-    loaded = load_sae(path)
-    _cache[path] = (mtime, loaded)
+    try:
+        stamp = file_stamp(path)
+    except OSError as e:
+        raise SAEError(f"SAE '{name}' could not be read ({e.strerror}). Check the file and refresh.") from None
+    hit = _cache.get(path, stamp)
+    if hit is not None:
+        return hit
+    try:
+        loaded = load_sae(path)
+    except SAEError as e:
+        _cache.put_failure(path, stamp, e)
+        raise
+    _cache.put(path, stamp, loaded)
     return loaded
 
 

@@ -124,6 +124,11 @@ class TrainSAEFromPrompts(io.ComfyNode):
         prompts = assemble_prompts(objects, styles, templates, labelled_prompts)
         hooks = _hook_points(model, hook_point)
         widths = {h: _width(model, h) for h in hooks}
+        for h, w in widths.items():
+            if k > expansion * w:
+                # TopKSAE would refuse this too, but only after every prompt has been sampled
+                raise SAEError(f"k={k} is more than the SAE's {expansion * w} latents ({w} channels at {h} x "
+                               f"expansion {expansion}); lower k or raise expansion.")
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"][:1])
         stem = os.path.splitext(os.path.basename(out_path))[0]
         run_dir = os.path.join(folder_paths.get_output_directory(), "saemnesia_runs", stem)

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .concepts import ConceptIndex
-from .errors import SAEFileError
+from .errors import SAEError, SAEFileError
 from .fileio import save_safetensors_atomic
 from .sae import TopKSAE
 
@@ -112,69 +112,118 @@ def load_sae(path: str, device="cpu") -> LoadedSAE:
         return load_sparsify_folder(path, device=device)
     if not os.path.isfile(path):
         raise SAEFileError(f"SAE file not found: {path}. Put .safetensors SAEs in the 'sae' models folder.")
+    label = os.path.basename(path)
     if not path.lower().endswith(".safetensors"):
-        raise SAEFileError(f"{os.path.basename(path)} is not a .safetensors file. SAEmnesia loads only safetensors "
+        raise SAEFileError(f"{label} is not a .safetensors file. SAEmnesia loads only safetensors "
                            "(never pickle: a .pt/.ckpt/.bin can run code). Convert it to safetensors first.")
     meta = read_safetensors_metadata(path)
     if meta.get("format") != FORMAT and "saemnesia" not in meta:
         # a bare sae.safetensors from sparsify, with its cfg.json beside it
         if os.path.isfile(os.path.join(os.path.dirname(path), "cfg.json")):
             return load_sparsify_folder(os.path.dirname(path), device=device)
-        raise SAEFileError(f"{os.path.basename(path)} is a safetensors file but not an SAEmnesia SAE (no 'saemnesia' "
+        raise SAEFileError(f"{label} is a safetensors file but not an SAEmnesia SAE (no 'saemnesia' "
                            "metadata) and has no cfg.json beside it. Save SAEs with SAEmnesia, or keep a sparsify "
                            "SAE's cfg.json next to its sae.safetensors.")
-    try:
-        record = json.loads(meta["saemnesia"])
-    except (KeyError, json.JSONDecodeError) as e:
-        raise SAEFileError(f"{os.path.basename(path)}: its metadata record is not valid JSON ({e}); the file is damaged. "
-                           "Re-create or re-download it.") from None
+    record = _json_object(meta.get("saemnesia"), f"{label}: its metadata record")
     version = record.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise SAEFileError(f"{os.path.basename(path)} has SAE format version {version}; this SAEmnesia reads up to "
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise SAEFileError(f"{label}: format_version is {_show(version)}, not a whole number; the file is damaged "
+                           "or was not written by SAEmnesia. Re-create or re-download it.")
+    if version > FORMAT_VERSION:
+        raise SAEFileError(f"{label} has SAE format version {version}; this SAEmnesia reads up to "
                            f"{FORMAT_VERSION}. Update the SAEmnesia node pack.")
-    if not isinstance(record, dict):
-        raise SAEFileError(f"{os.path.basename(path)}: its metadata record is not a JSON object; the file is damaged. "
-                           "Re-create or re-download it.")
-    tensors = _load_tensors(path)
-    name = os.path.basename(path)
     family, training = record.get("model_family", "unknown"), record.get("training", {})
-    if version >= 2:
-        parts = record.get("blocks")
-        if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) for p in parts):
-            raise SAEFileError(f"{name}: an SAE set file must list its blocks; the file is damaged. Re-create it.")
-        members = [_member(tensors, p, f"blocks.{i}.", f"{name} block {i}", path, family, training, device)
-                   for i, p in enumerate(parts)]
-        hooks = [m.info.hook_point for m in members]
-        if len(set(hooks)) != len(hooks):
-            raise SAEFileError(f"{name}: its SAE set names a block twice ({hooks}); the file is damaged. Re-create it.")
-        first = members[0]
-        return LoadedSAE(first.sae, first.info, members)
-    return _member(tensors, record, "", name, path, family, training, device)
+    if not isinstance(family, str) or not isinstance(training, dict):
+        raise SAEFileError(f"{label}: model_family must be text and training a JSON object; the file is damaged. "
+                           "Re-create it.")
+    if version < 2:
+        _check_sizes(record, label)
+        return _member(_load_tensors(path), record, "", label, path, family, training, device)
+    parts = record.get("blocks")
+    if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) for p in parts):
+        raise SAEFileError(f"{label}: an SAE set file must list its blocks as JSON objects; the file is damaged. "
+                           "Re-create it.")
+    for i, part in enumerate(parts):
+        _check_sizes(part, f"{label} block {i}")
+    tensors = _load_tensors(path)
+    members = [_member(tensors, part, f"blocks.{i}.", f"{label} block {i}", path, family, training, device)
+               for i, part in enumerate(parts)]
+    hooks = [m.info.hook_point for m in members]
+    if len(set(hooks)) != len(hooks):
+        raise SAEFileError(f"{label}: its SAE set names a block twice ({_show(hooks)}); the file is damaged. Re-create it.")
+    return LoadedSAE(members[0].sae, members[0].info, members)
+
+
+def _check_sizes(record: dict, label: str):
+    """k and sizes of one SAE's record, checked before any weight is read: a bad k would
+    otherwise surface only when sampling."""
+    k = _whole(record.get("k"), "k", label)
+    sizes = {key: _whole(record[key], key, label) for key in ("d_in", "n_latents") if key in record}
+    if sizes.get("n_latents") is not None and not 0 < k <= sizes["n_latents"]:
+        raise SAEFileError(f"{label}: k={k} is not between 1 and the number of latents ({sizes['n_latents']}); "
+                           "the file is damaged. Re-create it.")
 
 
 def _member(tensors, record: dict, prefix: str, label: str, path: str, family, training, device) -> LoadedSAE:
     """One SAE of a file: its tensors (under `prefix`) and its part of the metadata record."""
-    sae = _build(tensors, {n: prefix + n for n in ("W_enc", "b_enc", "W_dec", "b_dec")},
-                 int(record.get("k", 0)), label, device)
-    for key in ("d_in", "n_latents"):
-        if key in record and int(record[key]) != getattr(sae, key):
-            raise SAEFileError(f"{label}: metadata says {key}={record[key]} but the weights have "
+    k = _whole(record.get("k"), "k", label)
+    sizes = {key: _whole(record[key], key, label) for key in ("d_in", "n_latents") if key in record}
+    sae = _build(tensors, {n: prefix + n for n in ("W_enc", "b_enc", "W_dec", "b_dec")}, k, label, device)
+    for key, value in sizes.items():
+        if value != getattr(sae, key):
+            raise SAEFileError(f"{label}: metadata says {key}={value} but the weights have "
                                f"{getattr(sae, key)}; the file is inconsistent. Re-create it.")
+    reserved = record.get("reserved_latents", [])
+    if not isinstance(reserved, list):
+        raise SAEFileError(f"{label}: reserved_latents is {_show(reserved)}, not a list of latent indices; "
+                           "the file is damaged. Re-create it.")
     try:
-        sae.set_reserved(record.get("reserved_latents", []))
-    except (TypeError, ValueError) as e:
+        sae.set_reserved([_whole(i, "a reserved latent", label) for i in reserved])
+    except ValueError as e:
         raise SAEFileError(f"{label}: bad reserved_latents ({e}); the file is damaged. Re-create it.") from None
     try:
         index = ConceptIndex.from_json(record.get("concept_index", {}))
         index.validate(sae.n_latents)
-    except SAEFileError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any malformed index is a file problem
+    except SAEError as e:
         raise SAEFileError(f"{label}: bad concept index: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any other malformed index is a file problem too
+        raise SAEFileError(f"{label}: bad concept index ({type(e).__name__}: {e}); re-create the SAE file.") from None
     hook = record.get("hook_point")
     if not isinstance(hook, str) or not hook:
         raise SAEFileError(f"{label} does not say which block it was trained on (no hook_point).")
     return LoadedSAE(sae, SAEInfo(hook, family, index, training, path))
+
+
+def _show(value, limit: int = 60) -> str:
+    """A value from a file, short enough to quote in a message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _whole(value, what: str, label: str) -> int:
+    """A count or index from metadata: a JSON whole number (never a bool, text or fraction)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+        raise SAEFileError(f"{label}: {what} is {_show(value)}, not a whole number; the file is damaged. "
+                           "Re-create or re-download it.")
+    return int(value)
+
+
+def _json_object(text, what: str) -> dict:
+    """Parse a JSON object from a file, turning every way it can fail into an SAEFileError
+    (json raises RecursionError, not JSONDecodeError, on very deeply nested input)."""
+    if not isinstance(text, (str, bytes)):
+        raise SAEFileError(f"{what} is missing or not text; the file is damaged. Re-create or re-download it.")
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SAEFileError(f"{what} is not valid JSON ({e}); the file is damaged. Re-create or re-download it.") from None
+    except RecursionError:
+        raise SAEFileError(f"{what} is JSON nested too deeply to read; the file is damaged or hostile. "
+                           "Re-create or re-download it.") from None
+    if not isinstance(value, dict):
+        raise SAEFileError(f"{what} is a JSON {type(value).__name__}, not an object; the file is damaged. "
+                           "Re-create or re-download it.")
+    return value
 
 
 def read_safetensors_metadata(path: str) -> dict:
@@ -196,11 +245,13 @@ def read_safetensors_metadata(path: str) -> dict:
         raw = first + f.read(n - 1)
     try:
         header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise SAEFileError(f"{name}: the safetensors header is corrupt. Re-download or re-create it.") from None
     try:
         end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
         meta = header.get("__metadata__") or {}
+        if not isinstance(meta, dict):
+            raise TypeError("__metadata__ is not an object")
     except (KeyError, TypeError, IndexError, ValueError, AttributeError):
         raise SAEFileError(f"{name}: the safetensors header is corrupt. Re-download or re-create it.") from None
     if 8 + n + end > size:
@@ -226,7 +277,8 @@ def _build(tensors, names, k, label, device) -> TopKSAE:
         raise SAEFileError(f"{label}: tensor shapes do not fit one SAE (W_enc {tuple(W_enc.shape)}, b_enc "
                            f"{tuple(b_enc.shape)}, W_dec {tuple(W_dec.shape)}, b_dec {tuple(b_dec.shape)}).")
     if not (0 < k <= n_lat):
-        raise SAEFileError(f"{label}: k={k} is not between 1 and the number of latents ({n_lat}).")
+        raise SAEFileError(f"{label}: k={k} is not between 1 and the number of latents ({n_lat}); the file is "
+                           "damaged. Re-create or re-download it.")
     for n, t in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
         if not torch.isfinite(t).all():
             raise SAEFileError(f"{label}: tensor {n} contains NaN or infinite values; the SAE is broken "
@@ -268,16 +320,24 @@ def load_sparsify_folder(folder: str, device="cpu", hook_point: str | None = Non
     w_path = os.path.join(folder, "sae.safetensors")
     if not (os.path.isfile(cfg_path) and os.path.isfile(w_path)):
         raise SAEFileError(f"{folder} is not a sparsify/SAeUron SAE folder: it needs cfg.json and sae.safetensors.")
+    label = os.path.basename(os.path.normpath(folder))
     try:
-        with open(cfg_path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SAEFileError(f"{cfg_path} is not valid JSON ({e}).") from None
+        with open(cfg_path, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise SAEFileError(f"{label}/cfg.json could not be read ({e.strerror}).") from None
+    cfg = _json_object(text, f"{label}/cfg.json")
     read_safetensors_metadata(w_path)
+    k = _whole(cfg.get("k"), "k in cfg.json", label)
+    d_in = _whole(cfg["d_in"], "d_in in cfg.json", label) if "d_in" in cfg else None
     tensors = _load_tensors(w_path)
     names = {"W_enc": "encoder.weight", "b_enc": "encoder.bias", "W_dec": "W_dec", "b_dec": "b_dec"}
-    sae = _build(tensors, names, int(cfg.get("k", 0)), os.path.basename(folder), device)
-    if "d_in" in cfg and int(cfg["d_in"]) != sae.d_in:
-        raise SAEFileError(f"{cfg_path} says d_in={cfg['d_in']} but the weights have {sae.d_in}.")
-    hook = diffusers_to_ldm(hook_point or cfg.get("hookpoint") or os.path.basename(os.path.normpath(folder)))
-    return LoadedSAE(sae, SAEInfo(hook, cfg.get("model_family", "unknown"), ConceptIndex(), {"imported_from": "sparsify", "cfg": cfg}, folder))
+    sae = _build(tensors, names, k, label, device)
+    if d_in is not None and d_in != sae.d_in:
+        raise SAEFileError(f"{label}/cfg.json says d_in={d_in} but the weights have {sae.d_in}.")
+    named = hook_point or cfg.get("hookpoint") or label
+    if not isinstance(named, str):
+        raise SAEFileError(f"{label}/cfg.json: hookpoint is {_show(named)}, not a block name.")
+    hook = diffusers_to_ldm(named)
+    family = cfg.get("model_family", "unknown")
+    return LoadedSAE(sae, SAEInfo(hook, family if isinstance(family, str) else "unknown", ConceptIndex(), {"imported_from": "sparsify", "cfg": cfg}, folder))

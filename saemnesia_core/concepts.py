@@ -13,6 +13,7 @@ activation and the mean over all prompts: the ablation target and its firing thr
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -38,9 +39,11 @@ class Selection:
 
     @classmethod
     def from_json(cls, d):
-        n = len(d["latents"])
-        sel = cls([int(i) for i in d["latents"]], [float(v) for v in d.get("scores", [0.0] * n)],
-                  [float(v) for v in d.get("concept_mean", [0.0] * n)], [float(v) for v in d.get("threshold", [0.0] * n)])
+        d = _obj(d, "a timestep selection")
+        latents = _list(d.get("latents"), "a selection's latents")
+        n = len(latents)
+        sel = cls([_int(i, "a selected latent") for i in latents],
+                  *(_finite_list(d.get(key, [0.0] * n), f"a selection's {key}") for key in ("scores", "concept_mean", "threshold")))
         if not (len(sel.scores) == len(sel.concept_mean) == len(sel.threshold) == n):
             raise SAEError("concept index selection has lists of different lengths; re-create the SAE file")
         return sel
@@ -125,31 +128,38 @@ class ConceptIndex:
 
     @classmethod
     def from_json(cls, d) -> "ConceptIndex":
+        """Read an index from a file's JSON; anything malformed or non-finite is an SAEError
+        (a NaN multiplier or threshold would otherwise erase into black images or not at all)."""
         if not isinstance(d, dict):
             raise SAEError("concept index must be a JSON object; re-create the SAE file")
-        idx = cls(timesteps=[float(t) for t in d.get("timesteps", [])],
+        idx = cls(timesteps=_finite_list(d.get("timesteps", []), "timesteps"),
                   default_mode=d.get("default_mode", "ablate"),
-                  default_multiplier=float(d.get("default_multiplier", -1.5)),
-                  detect_scale=float(d.get("detect_scale", 1.0)))
+                  default_multiplier=_finite(d.get("default_multiplier", -1.5), "default_multiplier"),
+                  detect_scale=_finite(d.get("detect_scale", 1.0), "detect_scale"))
         if not idx.detect_scale >= 0:
             raise SAEError(f"concept index detect_scale {idx.detect_scale} must be 0 or more; re-create the SAE file")
-        if idx.default_mode not in MODES:
-            raise SAEError(f"concept index default_mode '{idx.default_mode}' is not one of {MODES}")
-        for name, c in d.get("concepts", {}).items():
-            sels = [Selection.from_json(s) for s in c.get("selections", [])]
+        if not isinstance(idx.default_mode, str) or idx.default_mode not in MODES:
+            raise SAEError(f"concept index default_mode {idx.default_mode!r:.60} is not one of {MODES}")
+        for name, c in _obj(d.get("concepts", {}), "concepts").items():
+            c = _obj(c, f"concept '{name:.60}'")
+            sels = [Selection.from_json(s) for s in _list(c.get("selections", []), f"concept '{name:.60}' selections")]
             if sels and idx.timesteps and len(sels) != len(idx.timesteps):
                 raise SAEError(f"concept '{name}' has {len(sels)} timestep selections but the index has "
                                f"{len(idx.timesteps)} timesteps; re-create the SAE file")
+            kind = c.get("kind", "concept")
+            if not isinstance(kind, str):
+                raise SAEError(f"concept '{name:.60}' has kind {kind!r:.60}, not text; re-create the SAE file")
             anchor = c.get("anchor")
             if anchor is not None and not isinstance(anchor, str):
-                raise SAEError(f"concept '{name}' has an anchor that is not a concept name; re-create the SAE file")
-            idx.concepts[name] = Concept(name, c.get("kind", "concept"),
-                                         None if c.get("latent") is None else int(c["latent"]), sels,
-                                         None if c.get("multiplier") is None else float(c["multiplier"]), anchor)
+                raise SAEError(f"concept '{name:.60}' has an anchor that is not a concept name; re-create the SAE file")
+            latent, mult = c.get("latent"), c.get("multiplier")
+            idx.concepts[name] = Concept(name, kind, None if latent is None else _int(latent, f"concept '{name:.60}' latent"),
+                                         sels, None if mult is None else _finite(mult, f"concept '{name:.60}' multiplier"),
+                                         anchor)
         for c in idx.concepts.values():
             if c.anchor is not None and (c.anchor not in idx.concepts or idx.concepts[c.anchor].latent is None):
-                raise SAEError(f"concept '{c.name}' names anchor '{c.anchor}', which has no latent in this index; "
-                               "re-create the SAE file")
+                raise SAEError(f"concept '{c.name:.60}' names anchor '{c.anchor:.60}', which has no latent in this "
+                               "index; re-create the SAE file")
         return idx
 
     def validate(self, n_latents: int):
@@ -165,6 +175,40 @@ class ConceptIndex:
 
 def _r(xs):
     return [round(float(x), 6) for x in xs]
+
+
+# --- reading a file's JSON: the type and finiteness checks json itself does not make ---------
+def _obj(v, what: str) -> dict:
+    if not isinstance(v, dict):
+        raise SAEError(f"{what} is a JSON {type(v).__name__}, not an object; re-create the SAE file")
+    return v
+
+
+def _list(v, what: str) -> list:
+    if not isinstance(v, list):
+        raise SAEError(f"{what} is a JSON {type(v).__name__}, not a list; re-create the SAE file")
+    return v
+
+
+def _finite(v, what: str) -> float:
+    # bool is an int in Python, and json reads NaN/Infinity: both are refused here
+    try:
+        f = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+    except OverflowError:  # a JSON integer too large for a float
+        f = math.inf
+    if not math.isfinite(f):
+        raise SAEError(f"{what} is {v!r:.60}, not a finite number; re-create the SAE file")
+    return f
+
+
+def _finite_list(v, what: str) -> list[float]:
+    return [_finite(x, what) for x in _list(v, what)]
+
+
+def _int(v, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+        raise SAEError(f"{what} is {v!r:.60}, not a whole number; re-create the SAE file")
+    return int(v)
 
 
 # --- statistics --------------------------------------------------------------------

@@ -7,6 +7,7 @@ so the sampling hot path does only the mode's own work.
 """
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -34,6 +35,43 @@ def split_anchor(spec: str):
     return name.strip(), (anchor.strip() or None)
 
 
+def finite(value, what: str, fix: str) -> float:
+    """`value` as a float, or an SAEError: json and the HTTP API both let NaN and inf through,
+    and one NaN in an edit turns the whole picture black."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError, OverflowError):
+        f = math.nan
+    if isinstance(value, bool) or not math.isfinite(f):
+        raise SAEError(f"{what} is {value!r:.40}, not a finite number; {fix}")
+    return f
+
+
+def window_problem(start_percent, end_percent) -> str | None:
+    """What is wrong with an erase window (fractions of the schedule), or None when it is fine.
+    None stands for a value not known yet (ComfyUI validates linked inputs that way)."""
+    known = {}
+    for name, v in (("start_percent", start_percent), ("end_percent", end_percent)):
+        if v is None:
+            continue
+        try:
+            known[name] = finite(v, name, "")
+        except SAEError:
+            return f"{name} is {v!r:.40}; give a number from 0 to 1 (a fraction of the sampling steps)."
+        if not 0.0 <= known[name] <= 1.0:
+            return f"{name} is {known[name]}; give a number from 0 to 1 (a fraction of the sampling steps)."
+    if len(known) == 2 and known["start_percent"] > known["end_percent"]:
+        return f"start_percent ({start_percent}) is after end_percent ({end_percent}); swap them."
+    return None
+
+
+def check_window(start_percent, end_percent):
+    problem = window_problem(start_percent, end_percent) if None not in (start_percent, end_percent) \
+        else "the erase window needs both start_percent and end_percent."
+    if problem:
+        raise SAEError(problem)
+
+
 def raw_neuron(spec: str) -> int | None:
     m = _NEURON.match(spec)
     return int(m.group(1)) if m else None
@@ -49,12 +87,19 @@ class ConceptEraser:
             mode = index.default_mode
         if mode not in MODES:
             raise SAEError(f"Unknown erase mode '{mode}'. Use one of: auto, {', '.join(MODES)}.")
+        strength = finite(strength, "strength", "give 0 (off), 1 (as published) or more.")
+        if strength < 0:
+            raise SAEError(f"strength is {strength}; give 0 (off), 1 (as published) or more.")
+        if multiplier is not None:
+            multiplier = finite(multiplier, "multiplier", "give a number such as -1.5, or 0 for the SAE's default.")
+        if detect_scale is not None:
+            detect_scale = finite(detect_scale, "detect_scale", "give 0 or more.")
         self.sae = sae
-        self.mode, self.strength, self.seed = mode, float(strength), int(seed)
+        self.mode, self.strength, self.seed = mode, strength, int(seed)
         self.concepts = list(concepts)
         n_buckets = max(1, len(index.timesteps))
         self.index = index
-        self.detect_scale = index.detect_scale if detect_scale is None else float(detect_scale)
+        self.detect_scale = index.detect_scale if detect_scale is None else detect_scale
         self.targets = [self._target(index, b, multiplier) for b in range(n_buckets)]
         self._device_targets: dict = {}
         self._sae_cache: dict = {}
@@ -96,6 +141,10 @@ class ConceptEraser:
                 chosen.setdefault(i, (thr * scale, mean, m))
         ids = list(chosen)
         vals = torch.tensor([chosen[i] for i in ids], dtype=torch.float32).view(-1, 3)
+        if not torch.isfinite(vals).all():
+            # an index built in code can hold NaN/inf (files are checked when read)
+            raise SAEError(f"The concept index gives a non-finite threshold, mean or multiplier for "
+                           f"{', '.join(self.concepts)}; rebuild the index or pass a finite multiplier.")
         anchor_ids = torch.tensor([anchors.get(i, -1) for i in ids], dtype=torch.long) if anchors else None
         return erasure.ErasureTarget(torch.tensor(ids, dtype=torch.long), vals[:, 0], vals[:, 1], vals[:, 2], anchor_ids)
 

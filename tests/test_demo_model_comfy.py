@@ -170,3 +170,21 @@ def test_missing_file_is_a_clear_error(demo, tmp_path):
         comfy_model.load_model(bad)
     with pytest.raises(ValueError):
         demo["node"].execute(unet_name="../../README.md")
+
+
+def test_train_refuses_k_above_the_latents_before_sampling(demo, tmp_path, monkeypatch):
+    """64 channels x expansion 1 = 64 latents: k 128 is refused at once, before any prompt is
+    sampled (it used to fail only when the SAE was built, after the whole collection)."""
+    import folder_paths
+    from saemnesia_core import SAEError
+    from saemnesia_pack.nodes.train_sae import TrainSAEFromPrompts
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "sae", ([str(tmp_path / "sae")], {".safetensors"}))
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
+    with pytest.raises(SAEError, match=r"k=128 is more than the SAE's 64 latents \(64 channels at output_blocks.3.1"):
+        TrainSAEFromPrompts.execute(
+            model=demo["model"], clip=demo["clip"], latent={"samples": torch.zeros(1, 3, 32, 32)}, name="too_sparse",
+            objects="circle, heart", styles="stripes", templates="a {object} in {style} style", labelled_prompts="",
+            hook_point="output_blocks.3.1", steps=2, cfg=4.0, sampler_name="ddim", scheduler="ddim_uniform",
+            seeds_per_prompt=1, seed=0, expansion=1, k=128, train_steps=5, batch_size=16, learning_rate=1e-3,
+            supervised=True, overwrite=False)
+    assert not (tmp_path / "output" / "saemnesia_runs").exists()  # nothing was collected

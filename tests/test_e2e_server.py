@@ -116,3 +116,90 @@ def test_bad_input_is_reported_and_the_server_keeps_running(server):
     with pytest.raises(RuntimeError, match="Unknown concept 'no such concept'.*thing"):
         server.run(bad)
     assert server.get("/object_info/SAEmnesiaLoadSAE")  # still serving
+
+
+# --- bad inputs (issue 13, items 4 and 5) ---------------------------------------------------
+def queue(server, prompt):
+    """POST /prompt; (HTTP status, JSON body), validation errors included."""
+    import json
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(server.url + "/prompt", data=json.dumps({"prompt": prompt}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def erase_graph(**erase_inputs):
+    g = {k: v for k, v in graph().items() if k in ("1", "5", "6")}
+    g["6"]["inputs"].update(erase_inputs)
+    g["9"] = {"class_type": "PreviewAny", "inputs": {"source": ["6", 0]}}
+    return g
+
+
+@pytest.mark.parametrize("inputs, widgets, words", [
+    ({"start_percent": 0.8, "end_percent": 0.2}, {"start_percent", "end_percent"}, "is after end_percent (0.2); swap them"),
+    ({"start_percent": float("nan")}, {"start_percent", "end_percent"}, "start_percent is nan"),
+    ({"end_percent": float("inf")}, {"start_percent", "end_percent"}, "end_percent is inf"),
+    ({"end_percent": 1.5}, {"start_percent", "end_percent"}, "end_percent is 1.5"),
+    # not declared by validate_inputs: ComfyUI's own range check, on that widget only
+    ({"multiplier": float("inf")}, {"multiplier"}, "bigger than max of 100.0"),
+    ({"strength": -1.0}, {"strength"}, "smaller than min of 0.0"),
+])
+def test_erase_window_and_ranges_are_refused_on_their_own_widgets(server, inputs, widgets, words):
+    status, body = queue(server, erase_graph(**inputs))
+    assert status == 400, body
+    errors = body["node_errors"]["6"]["errors"]
+    assert {e["extra_info"]["input_name"] for e in errors} == widgets  # not on every input of the node
+    assert len({e["details"].split(" - ")[-1] for e in errors}) == 1  # one message, however many widgets
+    assert all(words in e["message"] + e["details"] for e in errors), errors
+
+
+@pytest.mark.parametrize("inputs, words", [
+    ({"strength": float("nan")}, "strength is nan"),
+    ({"multiplier": float("nan")}, "multiplier is nan"),
+    ({"apply_to": "left half"}, "apply_to is 'left half'; use one of: both, cond only"),
+])
+def test_erase_nan_and_unknown_apply_to_fail_before_sampling(server, inputs, words):
+    # NaN passes ComfyUI's range checks and V3 combos are not checked against their options:
+    # the node refuses them when it runs, before any sampler (today: black images, no error)
+    with pytest.raises(RuntimeError) as e:
+        server.run(erase_graph(**inputs))
+    assert words in str(e.value) and "SAEError" in str(e.value)
+
+
+def write_hostile(folder, name, record_text):
+    from safetensors.torch import save_file
+    import torch
+    sae = {"W_enc": torch.zeros(8, 4), "b_enc": torch.zeros(8), "W_dec": torch.zeros(8, 4), "b_dec": torch.zeros(4)}
+    save_file(sae, os.path.join(folder, name), metadata={"format": "saemnesia-sae", "saemnesia": record_text})
+
+
+@pytest.mark.parametrize("name, record, words", [
+    ("hostile_deep.safetensors", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ("hostile_list.safetensors", "[1, 2]", "JSON list, not an object"),
+    ("hostile_nan.safetensors", ('{"format_version": 1, "hook_point": "output_blocks.5.1", "k": 2, "concept_index": '
+                                 '{"concepts": {"cat": {"multiplier": NaN, "selections": []}}}}'), "multiplier is nan"),
+    ("hostile_version.safetensors", '{"format_version": "1", "k": 2}', "format_version is '1'"),
+])
+def test_hostile_sae_file_is_a_node_error_and_a_json_route_error(server, name, record, words):
+    import json
+    import urllib.error
+    folder = os.path.join(server.base, "models", "sae")
+    write_hostile(folder, name, record)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        server.get(f"/saemnesia/concepts?sae={name}")
+    assert e.value.code == 400
+    body = json.loads(e.value.read())
+    assert name in body["error"] and words in body["error"] and server.base not in body["error"]
+    with pytest.raises(RuntimeError) as e:
+        server.run({"1": {"class_type": "SAEmnesiaLoadSAE", "inputs": {"sae_name": name}},
+                    "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}})
+    assert "SAEFileError" in str(e.value) and name in str(e.value) and words in str(e.value)
+    # fixed in place (new size and mtime): the route reads it again instead of the cached failure
+    write_hostile(folder, name, '{"format_version": 1, "hook_point": "output_blocks.5.1", "k": 2}')
+    assert server.get(f"/saemnesia/concepts?sae={name}")["hook_point"] == "output_blocks.5.1"
+    assert server.get("/object_info/SAEmnesiaLoadSAE")  # still serving
