@@ -1,0 +1,139 @@
+"""SAE sets (one file, one SAE per hook point) and neuron-mode anchors."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from saemnesia_core import ConceptEraser, SAEError, SAEFileError, SAEInfo, load_sae, save_sae
+from saemnesia_core.checkpoint import CONTEXT, save_sae_set
+from saemnesia_core.concepts import Concept, ConceptIndex, assign_anchors
+from saemnesia_core.erasure import ErasureTarget, scale_neurons
+from saemnesia_core.intervention import split_anchor
+from test_core_sae import make_sae
+
+
+def supervised_index(names_kinds: dict[str, str], latents: dict[str, int]) -> ConceptIndex:
+    idx = ConceptIndex(default_mode="neuron", default_multiplier=0.0)
+    for name, kind in names_kinds.items():
+        idx.concepts[name] = Concept(name, kind, latents[name])
+    return idx
+
+
+def test_set_roundtrip_keeps_every_member_and_its_own_index(tmp_path):
+    a, b = make_sae(d=12, n=48, k=4, seed=1), make_sae(d=16, n=64, k=8, seed=2)
+    a.set_reserved([3, 5])
+    ia = supervised_index({"star": "object", "dots": "style"}, {"star": 3, "dots": 5})
+    ib = supervised_index({"star": "object", "dots": "style"}, {"star": 40, "dots": 41})
+    path = str(tmp_path / "set.safetensors")
+    save_sae_set(path, [(a, SAEInfo(CONTEXT, "demo", ia)), (b, SAEInfo("output_blocks.3.1", "demo", ib))],
+                 {"note": "one collection"})
+    loaded = load_sae(path)
+    assert loaded.hook_points == [CONTEXT, "output_blocks.3.1"]
+    assert [m.sae.d_in for m in loaded.blocks] == [12, 16]
+    assert torch.equal(loaded.blocks[1].sae.W_dec, b.W_dec) and torch.equal(loaded.blocks[0].sae.W_enc, a.W_enc)
+    assert loaded.blocks[0].sae.reserved.tolist() == [3, 5]
+    assert loaded.blocks[1].index.get("star").latent == 40  # each member keeps its own latent numbers
+    assert loaded.info.training == {"note": "one collection"}
+    assert "2 blocks" in loaded.describe()
+
+
+def test_one_member_set_is_a_plain_v1_file_and_v1_files_load_as_one_block(tmp_path):
+    sae = make_sae(d=8, n=32, k=4)
+    path = str(tmp_path / "one.safetensors")
+    save_sae_set(path, [(sae, SAEInfo("output_blocks.1.1", "demo"))])
+    record = json.loads(load_file_meta(path)["saemnesia"])
+    assert record["format_version"] == 1 and record["hook_point"] == "output_blocks.1.1"
+    loaded = load_sae(path)
+    assert loaded.blocks == [loaded] and loaded.hook_points == ["output_blocks.1.1"]
+
+
+def load_file_meta(path):
+    from saemnesia_core.checkpoint import read_safetensors_metadata
+    return read_safetensors_metadata(path)
+
+
+def test_set_naming_a_block_twice_is_refused_on_save_and_on_load(tmp_path):
+    a, b = make_sae(d=8, n=32, k=4, seed=1), make_sae(d=8, n=32, k=4, seed=2)
+    path = str(tmp_path / "twice.safetensors")
+    with pytest.raises(SAEFileError, match="one SAE per block"):
+        save_sae_set(path, [(a, SAEInfo("output_blocks.1.1")), (b, SAEInfo("output_blocks.1.1"))])
+    save_sae_set(path, [(a, SAEInfo("output_blocks.1.1")), (b, SAEInfo("output_blocks.2.1"))])
+    meta = load_file_meta(path)
+    record = json.loads(meta["saemnesia"])
+    record["blocks"][1]["hook_point"] = "output_blocks.1.1"
+    save_file(load_file(path), path, metadata={**meta, "saemnesia": json.dumps(record)})
+    with pytest.raises(SAEFileError, match="names a block twice"):
+        load_sae(path)
+
+
+def test_set_file_without_block_list_is_a_clear_error(tmp_path):
+    path = str(tmp_path / "bad.safetensors")
+    save_sae(path, make_sae(d=8, n=32, k=4), SAEInfo("output_blocks.1.1"))
+    meta = load_file_meta(path)
+    record = json.loads(meta["saemnesia"])
+    record["format_version"] = 2
+    save_file(load_file(path), path, metadata={**meta, "saemnesia": json.dumps(record)})
+    with pytest.raises(SAEFileError, match="must list its blocks"):
+        load_sae(path)
+
+
+def test_anchor_takes_over_the_erased_latents_activation():
+    sae = make_sae(d=16, n=64, k=4, seed=3)
+    star, circle = 7, 9
+    sae.set_reserved([star, circle])
+    torch.manual_seed(0)
+    x = torch.randn(10, 16) * 0.05 + 4 * sae.W_enc[star].detach() / sae.W_enc[star].detach().norm()
+    acts = sae.pre_activations(x)[:, star]
+    assert (acts > 0).all()
+    t = ErasureTarget(torch.tensor([star]), torch.zeros(1), torch.ones(1), torch.zeros(1), torch.tensor([circle]))
+    out = scale_neurons(x, sae, t)
+    # multiplier 0: the star latent's decoded part goes, the circle latent's direction gains the same amount
+    expected = x - acts[:, None] * sae.W_dec[star] + acts[:, None] * sae.W_dec[circle]
+    assert torch.allclose(out, expected.detach(), atol=1e-5)
+    no_anchor = scale_neurons(x, sae, ErasureTarget(t.latents, t.threshold, t.concept_mean, t.multiplier))
+    assert torch.allclose(no_anchor, (x - acts[:, None] * sae.W_dec[star]).detach(), atol=1e-5)
+
+
+def test_anchors_are_the_nearest_concept_of_the_same_kind():
+    W = torch.zeros(6, 4)
+    W[0] = torch.tensor([1.0, 0, 0, 0])        # star
+    W[1] = torch.tensor([0.9, 0.1, 0, 0])      # cross: near star
+    W[2] = torch.tensor([0, 1.0, 0, 0])        # heart
+    W[3] = torch.tensor([0.95, 0, 0.05, 0])    # stripes: nearest to star of all, but a style
+    W[4] = torch.tensor([0, 0, 1.0, 0])        # dots
+    idx = supervised_index({"star": "object", "cross": "object", "heart": "object", "stripes": "style", "dots": "style"},
+                           {"star": 0, "cross": 1, "heart": 2, "stripes": 3, "dots": 4})
+    assign_anchors(idx, W)
+    assert idx.get("star").anchor == "cross"
+    assert idx.get("stripes").anchor == "dots"
+    back = ConceptIndex.from_json(json.loads(json.dumps(idx.to_json())))
+    assert back.get("star").anchor == "cross"
+
+
+def test_eraser_uses_the_index_anchor_unless_the_spec_names_another_or_none():
+    sae = make_sae(d=16, n=64, k=4, seed=4)
+    idx = supervised_index({"star": "object", "cross": "object", "heart": "object"}, {"star": 1, "cross": 2, "heart": 3})
+    idx.get("star").anchor = "cross"
+    sae.set_reserved([1, 2, 3])
+    assert ConceptEraser(sae, idx, ["star"], mode="neuron").targets[0].anchors.tolist() == [2]
+    assert ConceptEraser(sae, idx, ["star -> heart"], mode="neuron").targets[0].anchors.tolist() == [3]
+    assert ConceptEraser(sae, idx, ["star ->"], mode="neuron").targets[0].anchors is None
+    # erasing the anchor too: never hand one erased concept's activation to another
+    both = ConceptEraser(sae, idx, ["star", "cross"], mode="neuron").targets[0]
+    assert both.anchors is None or (both.anchors == -1).all()
+    with pytest.raises(SAEError, match="anchor"):
+        ConceptEraser(sae, idx, ["star -> star"], mode="neuron")
+    assert split_anchor(" star  ->  heart ") == ("star", "heart") and split_anchor("star") == ("star", ...)
+
+
+def test_context_sized_tokens_are_edited_per_row():
+    """The text-state member edits [batch, tokens, width] tensors; rows it is not asked to edit stay."""
+    sae = make_sae(d=16, n=64, k=4, seed=5)
+    star = 7
+    sae.set_reserved([star])
+    idx = supervised_index({"star": "object"}, {"star": star})
+    er = ConceptEraser(sae, idx, ["star"], mode="neuron", multiplier=0.0)
+    ctx = torch.randn(2, 5, 16) * 0.05 + 4 * sae.W_enc[star].detach() / sae.W_enc[star].detach().norm()
+    out = er(ctx, 0.0, torch.tensor([True, False]))
+    assert not torch.allclose(out[0], ctx[0]) and torch.equal(out[1], ctx[1])
