@@ -188,3 +188,62 @@ def test_train_refuses_k_above_the_latents_before_sampling(demo, tmp_path, monke
             seeds_per_prompt=1, seed=0, expansion=1, k=128, train_steps=5, batch_size=16, learning_rate=1e-3,
             supervised=True, overwrite=False)
     assert not (tmp_path / "output" / "saemnesia_runs").exists()  # nothing was collected
+
+
+def test_train_a_set_from_one_collection_and_erase_with_it(demo, tmp_path, monkeypatch):
+    """hook_point 'context, output_blocks.3.1': one sampling pass feeds the block, the prompts' text
+    states feed the context SAE; one file holds both, and Erase Concepts patches both places."""
+    import folder_paths
+    from saemnesia_pack.nodes import sae_folder
+    from saemnesia_pack.nodes.erase_concepts import EraseConcepts
+    from saemnesia_pack.nodes.train_sae import TrainSAEFromPrompts
+    from saemnesia_core import load_sae
+    from saemnesia_core.checkpoint import CONTEXT
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "sae", ([str(tmp_path / "sae")], {".safetensors"}))
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
+    sae_folder._cache.clear()
+    with torch.inference_mode():  # as ComfyUI runs a prompt
+        out = TrainSAEFromPrompts.execute(
+            model=demo["model"], clip=demo["clip"], latent={"samples": torch.zeros(1, 3, 32, 32)}, name="pair",
+            objects="circle, heart", styles="stripes, dots", templates="a {object} in {style} style\n{object}, {style}",
+            labelled_prompts="", hook_point="context, output_blocks.3.1", steps=2, cfg=4.0, sampler_name="ddim",
+            scheduler="ddim_uniform", seeds_per_prompt=1, seed=0, expansion=2, k=8, train_steps=30, batch_size=64,
+            learning_rate=1e-3, supervised=True, overwrite=False)
+    loaded, report = out.args
+    assert loaded.hook_points == [CONTEXT, "output_blocks.3.1"]
+    on_disk = load_sae(str(tmp_path / "sae" / "pair.safetensors"))
+    assert on_disk.hook_points == loaded.hook_points and "context: FVU" in report
+    ctx = on_disk.blocks[0]
+    assert ctx.sae.d_in == 384 and ctx.index.names("object") == ["circle", "heart"]
+    assert ctx.index.get("circle").anchor == "heart"  # the only other object
+    # the text store holds every token of each of the 8 prompts, and of the empty prompt
+    assert ctx.info.training["members"][CONTEXT]["stored_tokens"] == 9 * 16
+    patched = EraseConcepts.execute(demo["model"], on_disk, "circle", "neuron", 1.0, -3.0, "both", 0.0, 1.0).args[0]
+    assert len(patched.model_options["transformer_options"]["patches"]["attn2_patch"]) == 1
+    assert "diffusion_model.output_blocks.3.1.forward" in patched.object_patches
+    before, _ = sample(demo, "a circle in stripes style", seed=1, steps=6)
+    after, _ = sample(demo, "a circle in stripes style", seed=1, steps=6, model=patched)
+    assert float((after - before).abs().mean()) > 0.01
+
+
+def test_shipped_text_sae_erases_the_star_and_keeps_other_prompts(demo, pack):
+    """The shipped text-state SAE through the Erase node and the stock sampler: 'star' leaves
+    the star prompt's pictures and leaves a prompt without a star as it was."""
+    from saemnesia_pack.nodes.erase_concepts import EraseConcepts
+    from saemnesia_core import load_sae
+    from saemnesia_core.minicanvas.classifier import load_classifiers
+    from saemnesia_core.minicanvas.unet import DEFAULT_PATH
+    path = DEFAULT_PATH.parents[1] / "sae" / "minicanvas_context_saemnesia.safetensors"
+    if not path.is_file():
+        pytest.skip(f"{path} not shipped")
+    cls, _ = load_classifiers()
+    patched = EraseConcepts.execute(demo["model"], load_sae(str(path)), "star", "auto", 1.0, 0.0, "both", 0.0, 1.0).args[0]
+    stars, others = [], []
+    for seed in (0, 1):
+        stars.append(sample(demo, "a star in stripes style", seed=seed, steps=12, model=patched)[1])
+        kept, img = sample(demo, "a heart in dots style", seed=seed, steps=12, model=patched)
+        ref, _ = sample(demo, "a heart in dots style", seed=seed, steps=12)
+        others.append(float((kept - ref).abs().max()))
+    po, _ = cls.predict(torch.cat(stars).movedim(-1, 1) * 2 - 1)
+    assert 4 not in po.tolist()  # 4 = star
+    assert max(others) < 0.05
