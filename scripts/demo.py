@@ -4,8 +4,11 @@ MiniCanvas demo model, and leave the before/after images in a folder.
 The graph is the shipped `workflows/api/erase_one_concept_minicanvas.json` (its UI twin is in
 ComfyUI's template browser): Load MiniCanvas Demo Model -> Load SAE -> Erase Concepts (mode
 auto) -> KSampler, next to the same KSampler on the untouched model. By default it erases the
-object "star"; `--concept` (repeatable) erases others, each with the shipped SAE of its kind
-(objects or styles). The shipped classifiers then say what each picture shows.
+object "star", then the style "stripes", from "a star in stripes style", both with the shipped
+text-state SAE (one SAE for objects and styles, read by every cross-attention); `--concept`
+(repeatable) erases others. The shipped classifiers then say what each picture shows, and each
+erased picture is checked against its unedited twin as the benchmark does (broken = noise or
+blotches the demo model would not draw).
 """
 import argparse
 import json
@@ -23,8 +26,8 @@ from tools.comfy_server import ComfyServer  # noqa: E402
 WORKFLOW = os.path.join(REPO, "workflows", "api", "erase_one_concept_minicanvas.json")
 
 
-SHIPPED_SAE = {"object": "minicanvas_objects_saemnesia.safetensors",
-               "style": "minicanvas_styles_saemnesia.safetensors"}
+SHIPPED_SAE = {"object": "minicanvas_context_saemnesia.safetensors",
+               "style": "minicanvas_context_saemnesia.safetensors"}
 
 
 def concept_kind(concept: str) -> str:
@@ -58,20 +61,42 @@ def erase_graph(concept: str, prompt: str, seeds: int) -> tuple[dict, dict]:
     return graph, saves
 
 
-def classify(paths):
+def load_pictures(paths):
+    """[n, 3, 32, 32] in [-1, 1]: the workflow saves 4x enlarged copies for viewing, back to 32x32."""
     import numpy as np
     import torch
     from PIL import Image
+    return torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB").resize((32, 32), Image.BOX),
+                                                    dtype=np.float32) / 127.5 - 1).permute(2, 0, 1) for p in paths])
+
+
+def classify(paths):
+    import torch
     from saemnesia_core.minicanvas.classifier import load_classifiers
     from saemnesia_core.minicanvas.data import OBJECTS as OBJ, STYLES as STY
     clf, _ = load_classifiers()
-    # the workflow saves 4x enlarged copies for viewing: back to the model's 32x32
-    x = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB").resize((32, 32), Image.BOX),
-                                                 dtype=np.float32) / 127.5 - 1)
-                     .permute(2, 0, 1) for p in paths])
     with torch.no_grad():
-        o, s = clf.predict(x)
+        o, s = clf.predict(load_pictures(paths))
     return [(OBJ[i], STY[j]) for i, j in zip(o.tolist(), s.tolist())]
+
+
+def broken(before_paths, after_paths) -> list[bool]:
+    """The benchmark's check (scoring v4): an erased picture is broken when its noise level or the
+    demo model's denoising error rises past the margins over its unedited twin."""
+    import torch
+    from saemnesia_core.minicanvas.bench import DENOISE_MARGIN, NOISE_MARGIN, denoising_error, noise_level
+    from saemnesia_core.minicanvas.text_encoder import encode_prompts
+    from saemnesia_core.minicanvas.unet import load_demo_unet
+    unet, _ = load_demo_unet()
+
+    def eps(x, t, ctx):
+        return unet(x, t, encoder_hidden_states=ctx).sample
+    empty = encode_prompts([""])
+    with torch.no_grad():
+        b, a = load_pictures(before_paths), load_pictures(after_paths)
+        noise = noise_level(a) - noise_level(b)
+        err = denoising_error(eps, a, empty) - denoising_error(eps, b, empty)
+    return [bool(n > NOISE_MARGIN or e > DENOISE_MARGIN) for n, e in zip(noise.tolist(), err.tolist())]
 
 
 def main():
@@ -84,7 +109,7 @@ def main():
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--out", default=os.path.join(REPO, "demo-output"))
     args = ap.parse_args()
-    concepts = list(dict.fromkeys(args.concept or ["star"]))  # one output folder per concept
+    concepts = list(dict.fromkeys(args.concept or ["star", "stripes"]))  # one output folder per concept
     kinds = [concept_kind(c) for c in concepts]  # fail on a typo before starting the server
 
     base = os.path.join(REPO, ".cache", "demo-comfy")
@@ -124,14 +149,17 @@ def run_one(server, base, concept, kind, args) -> dict:
     seen = {tag: classify(paths) for tag, paths in saved.items()}
     slot = 0 if kind == "object" else 1
     still = sum(pair[slot] == concept for pair in seen["after"])
+    ruined = broken(saved["before"], saved["after"])
+    clean = sum(pair[slot] != concept and not bad for pair, bad in zip(seen["after"], ruined))
     print(f"[demo] prompt '{args.prompt}', erasing the {kind} '{concept}' with {SHIPPED_SAE[kind]}")
     for tag in ("before", "after"):
-        print(f"[demo]   {tag:6s}: " + "; ".join(" / ".join(pair) for pair in seen[tag]))
-    print(f"[demo]   the classifier still sees '{concept}' in {still} of {len(seen['after'])} "
-          f"erased pictures")
+        print(f"[demo]   {tag:6s}: " + "; ".join(" / ".join(pair) + (" (broken)" if tag == "after" and bad else "")
+                                          for pair, bad in zip(seen[tag], ruined)))
+    print(f"[demo]   '{concept}' cleanly erased in {clean} of {len(seen['after'])} pictures "
+          f"(still seen in {still}, broken {sum(ruined)})")
     return {"erased": concept, "kind": kind, "sae": SHIPPED_SAE[kind], "seconds": round(time.time() - t0, 1),
             "classifier_says": {tag: [" / ".join(pair) for pair in pairs] for tag, pairs in seen.items()},
-            "still_seen_after": still, "images": saved}
+            "still_seen_after": still, "broken_after": sum(ruined), "cleanly_erased": clean, "images": saved}
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`make demo` builds its graph from the shipped workflow: the concept decides which SAE loads."""
+"""`make demo` builds its graph from the shipped workflow, with the shipped text-state SAE."""
 import importlib.util
 import os
 
@@ -12,9 +12,8 @@ demo = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(demo)
 
 
-# docs/minicanvas.md: objects are read at the 8x8 block, styles at the 16x16 one
-@pytest.mark.parametrize("concept,kind,block", [("star", "object", "output_blocks.1.1"),
-                                                 ("stripes", "style", "output_blocks.3.1")])
+# docs/minicanvas.md: one SAE on the text states every cross-attention reads, for both kinds
+@pytest.mark.parametrize("concept,kind,block", [("star", "object", "context"), ("stripes", "style", "context")])
 def test_graph_erases_the_concept_with_the_sae_of_its_kind(concept, kind, block):
     graph, saves = demo.erase_graph(concept, "a star in stripes style", 3)
     by_type = {node["class_type"]: node["inputs"] for node in graph.values()}
@@ -30,3 +29,19 @@ def test_graph_erases_the_concept_with_the_sae_of_its_kind(concept, kind, block)
 def test_unknown_concept_names_the_known_ones():
     with pytest.raises(SystemExit, match="'hart' is not a MiniCanvas concept.*heart"):
         demo.concept_kind("hart")
+
+
+def test_broken_check_flags_noise_and_passes_the_same_picture(tmp_path):
+    """The demo's report uses the benchmark's v4 check: a picture drowned in noise is broken, the
+    unedited picture itself is not."""
+    import numpy as np
+    from PIL import Image
+    from saemnesia_core.minicanvas import data
+    img = data.render(4, 1, np.random.default_rng(0))  # a star in stripes, [-1, 1]
+    clean = ((img.permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype("uint8")
+    noisy = (clean.astype(np.float32) + np.random.default_rng(1).normal(0, 60, clean.shape)).clip(0, 255).astype("uint8")
+    paths = {}
+    for name, arr in (("clean", clean), ("noisy", noisy)):
+        paths[name] = str(tmp_path / f"{name}.png")
+        Image.fromarray(arr).resize((128, 128), Image.NEAREST).save(paths[name])  # saved 4x, as the workflow does
+    assert demo.broken([paths["clean"], paths["clean"]], [paths["clean"], paths["noisy"]]) == [False, True]
