@@ -7,6 +7,7 @@ import comfy.samplers
 from saemnesia_core import SAEError
 from saemnesia_core.heatmap import overlay
 from saemnesia_core.inspect import activation_map, describe_concept, describe_latent
+from saemnesia_core.intervention import resolve_spec
 
 from . import model_patch
 from .sae_type import CATEGORY, PREFIX, SAE
@@ -69,7 +70,8 @@ class InspectNeuron(io.ComfyNode):
         if not captured:
             raise SAEError(f"The block {sae.info.hook_point} never ran; is this the model the SAE was made for?")
         h, timestep = captured[0]
-        spec = f"neuron:{neuron}" if neuron >= 0 else concept.strip()
+        # the neuron widget is always a raw latent; the concept text follows the erase rule (names first)
+        spec = resolve_spec(sae.index, concept.strip()) if neuron < 0 else neuron
         act, latents = activation_map(sae, h, spec, timestep)
         if picture is None:
             picture = vae.decode(samples)
@@ -77,9 +79,9 @@ class InspectNeuron(io.ComfyNode):
                 picture = picture.reshape(-1, *picture.shape[-3:])
         with torch.no_grad():  # also when called outside ComfyUI's inference_mode (scripts, tests)
             heat = overlay(picture.detach().cpu().float(), act.detach())
-        if neuron >= 0:
-            text = describe_latent(sae, neuron, act, timestep)
+        if isinstance(spec, int):
+            text = describe_latent(sae, spec, act, timestep)
         else:
-            text = describe_concept(sae, concept.strip(), latents, act, timestep)
+            text = describe_concept(sae, spec.name, latents, act, timestep)
         # the heatmap is also shown on the node itself (ComfyUI's preview mechanism)
         return io.NodeOutput(heat, text, ui=ui.PreviewImage(heat, cls=cls))
