@@ -1,7 +1,9 @@
+import hashlib
 import json
 import logging
 import os
 import shutil
+from types import SimpleNamespace
 
 import torch
 from comfy_api.latest import io
@@ -90,26 +92,19 @@ class TrainSAEFromPrompts(io.ComfyNode):
     def execute(cls, model, clip, latent, name, objects, styles, templates, labelled_prompts, hook_point, steps, cfg,
                 sampler_name, scheduler, seeds_per_prompt, seed, expansion, k, train_steps, batch_size,
                 learning_rate, supervised, overwrite) -> io.NodeOutput:
-        out_path = sae_folder.output_path(name, overwrite)
-        prompts = assemble_prompts(objects, styles, templates, labelled_prompts)
-        hook = _default_hook(model) if hook_point.strip() in ("", "auto") else hook_point.strip()
-        module = model_patch.diffusion_module(model, hook)
-        if module is None:
-            raise SAEError(f"This model has no transformer block '{hook}'. Its blocks: "
-                           f"{', '.join(model_patch.transformer_blocks(model))}.")
-        d_in = model_patch.block_width(module)
-        samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"][:1])
-        stem = os.path.splitext(os.path.basename(out_path))[0]
-        run_dir = os.path.join(folder_paths.get_output_directory(), "saemnesia_runs", stem)
-        collect_settings = {"prompts": [[p.text, p.labels] for p in prompts], "hook": hook, "steps": steps, "cfg": cfg,
-                            "sampler": sampler_name, "scheduler": scheduler, "seeds": seeds_per_prompt, "seed": seed, "noise": "one batch per prompt",
-                            "shape": list(samples.shape)}
+        r = plan_run(model, latent, name, objects, styles, templates, labelled_prompts, hook_point, steps, cfg,
+                     sampler_name, scheduler, seeds_per_prompt, seed, expansion, k, train_steps, batch_size,
+                     learning_rate, supervised, overwrite)
+        out_path, prompts, hook, d_in, samples = r.out_path, r.prompts, r.hook, r.d_in, r.samples
+        collect_settings, cfg_train, runs, run_dir = r.collect_settings, r.cfg_train, r.runs, r.run_dir
         jobs = len(prompts) * seeds_per_prompt
         total = jobs + train_steps + 1
         node = cls.hidden.unique_id if cls.hidden is not None else None
         pbar = comfy.utils.ProgressBar(total, node_id=node)
 
         store = _collect(model, clip, prompts, hook, d_in, samples, collect_settings, run_dir, pbar)
+        # depends on the number of collected tokens, which the settings above fix: part of the same key
+        cfg_train.dead_tokens = max(batch_size * 50, min(10_000_000, store.n_tokens * 4))
 
         cancelled = {"flag": False}
 
@@ -125,18 +120,16 @@ class TrainSAEFromPrompts(io.ComfyNode):
         def should_cancel():
             return cancelled["flag"] or comfy.model_management.processing_interrupted()
 
-        cfg_train = TrainConfig(expansion=expansion, k=k, steps=train_steps, batch_size=batch_size, lr=learning_rate,
-                                supervised=supervised, seed=seed % (2 ** 31),
-                                dead_tokens=max(batch_size * 50, min(10_000_000, store.n_tokens * 4)),
-                                checkpoint_every=max(20, train_steps // 20))
         try:
             with torch.inference_mode(False), torch.enable_grad():
-                # same settings: resume the last checkpoint; changed settings: a fresh run
-                sae, index, record = train_sae(store, cfg_train, os.path.join(run_dir, "train"), progress, should_cancel,
-                                               restart_on_mismatch=True)
+                # the folder is keyed by the settings: a checkpoint found there is this run's, so it resumes
+                sae, index, record = train_sae(store, cfg_train, os.path.join(run_dir, "train"), progress, should_cancel)
         except TrainingCancelled:
             log.info("SAEmnesia: training cancelled; last checkpoint kept in %s", run_dir)
             raise comfy.model_management.InterruptProcessingException()
+        except SAEError as e:
+            # name the run folder as the user sees it (output/...), not as a path on the server
+            raise SAEError(str(e).replace(runs, "output/saemnesia_runs")) from None
         record.update(hook_point=hook, sampler=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg)
         family = getattr(getattr(model.model, "model_config", None), "__class__", type(None)).__name__.lower()
         info = SAEInfo(hook, family, index, record, out_path)
@@ -144,23 +137,61 @@ class TrainSAEFromPrompts(io.ComfyNode):
         sae_folder.forget(out_path)
         pbar.update_absolute(total, total)
         loaded = LoadedSAE(sae, info)
-        report = (f"Saved {out_path}\n{loaded.describe()}\nFVU {record['fvu']:.3f}, dead latents "
+        report = (f"Saved {os.path.basename(out_path)} in {sae_folder.folder_label(os.path.dirname(out_path))}\n{loaded.describe()}\nFVU {record['fvu']:.3f}, dead latents "
                   f"{record['dead_fraction'] * 100:.1f}%, {record['tokens_seen']} tokens in {record['seconds']:.0f}s"
                   + (" (resumed)" if record.get("resumed") else ""))
         return io.NodeOutput(loaded, report, ui={"text": [report]})
 
 
+def plan_run(model, latent, name, objects, styles, templates, labelled_prompts, hook_point, steps, cfg, sampler_name,
+             scheduler, seeds_per_prompt, seed, expansion, k, train_steps, batch_size, learning_rate, supervised,
+             overwrite) -> SimpleNamespace:
+    """Everything a run is decided by, checked before any work: where it saves, its prompts and
+    block, and its work folder (scripts use this to find a run's folder)."""
+    out_path = sae_folder.output_path(name, overwrite)
+    prompts = assemble_prompts(objects, styles, templates, labelled_prompts)
+    hook = _default_hook(model) if hook_point.strip() in ("", "auto") else hook_point.strip()
+    module = model_patch.diffusion_module(model, hook)
+    if module is None:
+        raise SAEError(f"This model has no transformer block '{hook}'. Its blocks: "
+                       f"{', '.join(model_patch.transformer_blocks(model))}.")
+    d_in = model_patch.block_width(module)
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"][:1])
+    stem = os.path.splitext(os.path.basename(out_path))[0]
+    collect_settings = {"prompts": [[p.text, p.labels] for p in prompts], "hook": hook, "steps": steps, "cfg": cfg,
+                        "sampler": sampler_name, "scheduler": scheduler, "seeds": seeds_per_prompt, "seed": seed, "noise": "one batch per prompt",
+                        "shape": list(samples.shape)}
+    cfg_train = TrainConfig(expansion=expansion, k=k, steps=train_steps, batch_size=batch_size, lr=learning_rate,
+                            supervised=supervised, seed=seed % (2 ** 31),
+                            checkpoint_every=max(20, train_steps // 20))
+    runs = os.path.join(folder_paths.get_output_directory(), "saemnesia_runs")
+    run_dir = os.path.join(runs, run_folder(stem, collect_settings, cfg_train))
+    return SimpleNamespace(out_path=out_path, prompts=prompts, hook=hook, d_in=d_in, samples=samples,
+                           collect_settings=collect_settings, cfg_train=cfg_train, runs=runs, run_dir=run_dir)
+
+
+def run_folder(stem: str, collect_settings: dict, cfg: TrainConfig) -> str:
+    """The work folder of one run: the SAE's name and a digest of every setting that shapes the
+    result. Same name and settings: the same folder, so a cancelled run resumes. Other settings:
+    another folder, so a cancelled run is never deleted by a different one and stays resumable."""
+    identity = cfg.identity()
+    identity.pop("dead_tokens")  # derived from the collection, which collect_settings already fix
+    blob = json.dumps({"collect": collect_settings, "train": identity}, sort_keys=True, default=str)
+    return f"{stem}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
 def _collect(model, clip, prompts, hook, d_in, samples, settings, run_dir, pbar) -> ActivationStore:
     """Sample every prompt and store the block's cond-half outputs at every step.
-    Reuses a finished collection with the same settings (so a cancelled training resumes)."""
+    Reuses a finished collection of this run (so a cancelled training resumes)."""
     act_dir = os.path.join(run_dir, "activations")
     stamp = os.path.join(run_dir, "collect.json")
     if os.path.isfile(os.path.join(act_dir, INDEX)) and os.path.isfile(stamp):
         with open(stamp, encoding="utf-8") as f:
             if json.load(f) == json.loads(json.dumps(settings)):
                 return ActivationStore(act_dir)
-    # settings changed or a collection was interrupted: start this run over
-    shutil.rmtree(run_dir, ignore_errors=True)
+    # an interrupted collection: only its partial activations go (a training checkpoint, which
+    # needs a finished collection, cannot exist yet in this folder)
+    shutil.rmtree(act_dir, ignore_errors=True)
     writer = ActivationWriter(act_dir, d_in, prompts, hook_point=hook)
     current = {"prompt": 0}
     probe = model_patch.capture_patch(
