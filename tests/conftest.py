@@ -40,3 +40,20 @@ def sd15(comfy):
 def pack(comfy):
     from tools import comfy_env
     return comfy_env.import_pack()
+
+
+@pytest.fixture(scope="session")
+def env(sd15, pack):
+    """The SD1.5-shaped model with a prompt encoded once, shared by the integration and node tests."""
+    model, clip, vae = sd15
+    from saemnesia_pack.nodes import model_patch
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a cat"))
+    neg = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    return {"model": model, "clip": clip, "vae": vae, "cond": cond, "neg": neg, "mp": model_patch}
+
+
+@pytest.fixture(scope="session")
+def block_outputs(env):
+    """What the two SAeUron blocks output during one small sampling run (sampled once per session)."""
+    from test_comfy_integration import capture
+    return {hook: capture(env, env["model"], hook) for hook in ("output_blocks.4.1", "output_blocks.5.1")}
