@@ -7,6 +7,7 @@ import comfy.samplers
 from saemnesia_core import SAEError
 from saemnesia_core.heatmap import overlay, with_legend
 from saemnesia_core.inspect import activation_map, describe_concept, describe_latent
+from saemnesia_core.intervention import resolve_spec
 
 from . import model_patch
 from .sae_type import CATEGORY, PREFIX, SAE, schema
@@ -88,7 +89,8 @@ class InspectNeuron(io.ComfyNode):
         if not captured:
             raise SAEError(f"The block {sae.info.hook_point} never ran; is this the model the SAE was made for?")
         h, timestep = captured[0]
-        spec = concept.strip() if by_concept else f"neuron:{neuron}"
+        # the neuron widget is always a raw latent; the concept text follows the erase rule (names first)
+        spec = resolve_spec(sae.index, concept.strip()) if by_concept else neuron
         act, latents = activation_map(sae, h, spec, timestep)
         if picture is None:
             picture = vae.decode(samples)
@@ -98,11 +100,11 @@ class InspectNeuron(io.ComfyNode):
         vmax = float(act.max())
         with torch.no_grad():  # also when called outside ComfyUI's inference_mode (scripts, tests)
             heat = overlay(picture.detach().cpu().float(), act.detach(), vmax=vmax or None)
-            caption = f"{spec if by_concept else 'latent ' + str(neuron)}, {where}"
+            caption = f"{'latent ' + str(spec) if isinstance(spec, int) else spec.name}, {where}"
             heat = with_legend(heat, vmax, caption)
-        if by_concept:
-            text = describe_concept(sae, concept.strip(), latents, act, timestep, where)
+        if isinstance(spec, int):
+            text = describe_latent(sae, spec, act, timestep, where)
         else:
-            text = describe_latent(sae, neuron, act, timestep, where)
+            text = describe_concept(sae, spec.name, latents, act, timestep, where)
         # the heatmap is also shown on the node itself (ComfyUI's preview mechanism)
         return io.NodeOutput(heat, text, ui=ui.PreviewImage(heat, cls=cls))

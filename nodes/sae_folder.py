@@ -51,14 +51,24 @@ def _inside(path: str, roots: list[str]) -> bool:
     return any(os.path.commonpath([p, os.path.abspath(r)]) == os.path.abspath(r) for r in roots)
 
 
+def folder_label(folder: str) -> str:
+    """How messages name an sae folder: relative to ComfyUI's models folder, never a server path."""
+    if os.path.abspath(folder) == os.path.abspath(PACK_FOLDER):
+        return "the pack's own models/sae"
+    rel = os.path.relpath(os.path.abspath(folder), os.path.abspath(folder_paths.models_dir))
+    return f"models/{rel}" if not rel.startswith("..") else "an sae folder from extra_model_paths.yaml"
+
+
 def resolve(name: str) -> str:
-    """Full path of a listed SAE; refuses names that leave the sae folders."""
+    """Full path of an SAE that Load SAE lists; anything else is refused, so no name reaches a
+    file outside the sae folders (or one that is not an SAE)."""
     if not name or os.path.isabs(name) or ".." in re.split(r"[\\/]", name):
         raise SAEError(f"'{name}' is not a file name inside the sae folder. Pick an SAE from the list.")
     path = folder_paths.get_full_path(FOLDER, name)
-    if path is None or not _inside(path, folders()):
-        raise SAEError(f"SAE '{name}' was not found in the sae folder(s): {', '.join(folders())}. "
-                       "Put the file there and refresh (press R in the UI).")
+    if path is None or not _inside(path, folders()) or name not in list_saes():
+        raise SAEError(f"SAE '{name}' was not found in the sae folder (models/sae, folders set in "
+                       "extra_model_paths.yaml, or the pack's own models/sae). Put the file there and refresh "
+                       "(press R in the UI).")
     return path
 
 
@@ -84,19 +94,28 @@ def load(name: str) -> LoadedSAE:
 
 
 def output_path(name: str, overwrite: bool) -> str:
-    """Where a new SAE named `name` is saved (first sae folder); no silent overwrite."""
+    """Where a new SAE named `name` is saved (the first sae folder). Never a silent overwrite, and
+    never a file that would hide an SAE of the same name in another folder Load SAE lists."""
     stem = name.strip()
     if stem.lower().endswith(".safetensors"):
         stem = stem[: -len(".safetensors")]
     if not _NAME.match(stem) or ".." in stem:
         raise SAEError(f"'{name}' is not a valid SAE name: use letters, digits, spaces, '_', '-' or '.', "
                        "with no folder separators (the file is saved in the sae folder).")
-    path = os.path.join(folders()[0], stem + ".safetensors")
+    file = stem + ".safetensors"
+    path = os.path.join(folders()[0], file)
     if not _inside(path, folders()):
         raise SAEError(f"'{name}' would be saved outside the sae folder; choose a plain name.")
-    if os.path.exists(path) and not overwrite:
-        raise SAEError(f"An SAE named '{stem}.safetensors' already exists in {folders()[0]}. Choose another "
-                       "name, or turn on 'overwrite' to replace it.")
+    for folder in folders():
+        if not os.path.exists(os.path.join(folder, file)):
+            continue
+        if os.path.abspath(folder) == os.path.abspath(PACK_FOLDER):
+            # the demo workflows load these by name: a user file of that name would take their place
+            raise SAEError(f"'{file}' is an SAE shipped with the pack (in {folder_label(folder)}), which the example "
+                           "workflows load by name. Choose another name.")
+        if not overwrite:
+            raise SAEError(f"An SAE named '{file}' already exists in {folder_label(folder)}. Choose another "
+                           "name, or turn on 'overwrite' to replace it.")
     return path
 
 

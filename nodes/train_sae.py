@@ -1,7 +1,9 @@
+import hashlib
 import json
 import logging
 import os
 import shutil
+from types import SimpleNamespace
 
 import torch
 from comfy_api.latest import io
@@ -12,7 +14,7 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 
-from saemnesia_core import LoadedSAE, SAEError, SAEInfo, TrainingCancelled, load_sae
+from saemnesia_core import SAEError, SAEInfo, TrainingCancelled, load_sae
 from saemnesia_core.activations import INDEX, ActivationStore, ActivationWriter
 from saemnesia_core.checkpoint import CONTEXT, save_sae_set
 from saemnesia_core.fileio import save_json_atomic
@@ -120,21 +122,11 @@ class TrainSAEFromPrompts(io.ComfyNode):
     def execute(cls, model, clip, latent, name, objects, styles, templates, labelled_prompts, hook_point, steps, cfg,
                 sampler_name, scheduler, seeds_per_prompt, seed, expansion, k, train_steps, batch_size,
                 learning_rate, supervised, overwrite) -> io.NodeOutput:
-        out_path = sae_folder.output_path(name, overwrite)
-        prompts = assemble_prompts(objects, styles, templates, labelled_prompts)
-        hooks = _hook_points(model, hook_point)
-        widths = {h: _width(model, h) for h in hooks}
-        for h, w in widths.items():
-            if k > expansion * w:
-                # TopKSAE would refuse this too, but only after every prompt has been sampled
-                raise SAEError(f"k={k} is more than the SAE's {expansion * w} latents ({w} channels at {h} x "
-                               f"expansion {expansion}); lower k or raise expansion.")
-        samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"][:1])
-        stem = os.path.splitext(os.path.basename(out_path))[0]
-        run_dir = os.path.join(folder_paths.get_output_directory(), "saemnesia_runs", stem)
-        collect_settings = {"prompts": [[p.text, p.labels] for p in prompts], "hook": ",".join(hooks), "steps": steps, "cfg": cfg,
-                            "sampler": sampler_name, "scheduler": scheduler, "seeds": seeds_per_prompt, "seed": seed, "noise": "one batch per prompt",
-                            "shape": list(samples.shape)}
+        r = plan_run(model, latent, name, objects, styles, templates, labelled_prompts, hook_point, steps, cfg,
+                     sampler_name, scheduler, seeds_per_prompt, seed, expansion, k, train_steps, batch_size,
+                     learning_rate, supervised, overwrite)
+        out_path, prompts, hooks, widths, samples = r.out_path, r.prompts, r.hooks, r.widths, r.samples
+        collect_settings, runs, run_dir = r.collect_settings, r.runs, r.run_dir
         d_in = max(widths.values())
         node = cls.hidden.unique_id if cls.hidden is not None else None
         pbar = comfy.utils.ProgressBar(BAR, node_id=node)
@@ -184,9 +176,9 @@ class TrainSAEFromPrompts(io.ComfyNode):
                                             batch_size=batch, lr=learning_rate, supervised=supervised, seed=seed % (2 ** 31),
                                             dead_tokens=max(batch * 50, min(10_000_000, store.n_tokens * 4)),
                                             checkpoint_every=max(20, train_steps // 20))
-                    # same settings: resume the last checkpoint; changed settings: a fresh run
+                    # the folder is keyed by the settings: a checkpoint found there is this run's, so it resumes
                     sae, index, record = train_sae(store, cfg_train, os.path.join(run_dir, "train", hook), progress,
-                                                   should_cancel, restart_on_mismatch=True)
+                                                   should_cancel)
                     record.update(hook_point=hook, sampler=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg)
                     members.append((sae, SAEInfo(hook, family, index, record, out_path)))
                     records[hook] = record
@@ -197,16 +189,56 @@ class TrainSAEFromPrompts(io.ComfyNode):
             _say(node, msg)
             _send("saemnesia.train", {"node": node, "paused": True, "text": msg})
             raise comfy.model_management.InterruptProcessingException()
+        except SAEError as e:
+            # name the run folder as the user sees it (output/...), not as a path on the server
+            raise SAEError(str(e).replace(runs, "output/saemnesia_runs")) from None
         training = records[hooks[0]] if len(hooks) == 1 else {"members": records, "hook_points": hooks}
         save_sae_set(out_path, members, training)
         sae_folder.forget(out_path)
         pbar.update_absolute(BAR, BAR)
         _say(node, f"saved {os.path.basename(out_path)}")
         loaded = load_sae(out_path)
-        report = f"Saved {out_path}\n{loaded.describe()}\n" + "\n".join(
+        report = f"Saved {os.path.basename(out_path)} in {sae_folder.folder_label(os.path.dirname(out_path))}\n{loaded.describe()}\n" + "\n".join(
             f"{h}: FVU {r['fvu']:.3f}, dead latents {r['dead_fraction'] * 100:.1f}%, {r['tokens_seen']} tokens in "
             f"{r['seconds']:.0f}s" + (" (resumed)" if r.get("resumed") else "") for h, r in records.items())
         return io.NodeOutput(loaded, report, ui={"text": [report]})
+
+
+def plan_run(model, latent, name, objects, styles, templates, labelled_prompts, hook_point, steps, cfg, sampler_name,
+             scheduler, seeds_per_prompt, seed, expansion, k, train_steps, batch_size, learning_rate, supervised,
+             overwrite) -> SimpleNamespace:
+    """Everything a run is decided by, checked before any work: where it saves, its prompts and
+    hook points, and its work folder (scripts use this to find a run's folder)."""
+    out_path = sae_folder.output_path(name, overwrite)
+    prompts = assemble_prompts(objects, styles, templates, labelled_prompts)
+    hooks = _hook_points(model, hook_point)
+    widths = {h: _width(model, h) for h in hooks}
+    for h, w in widths.items():
+        if k > expansion * w:
+            # TopKSAE would refuse this too, but only after every prompt has been sampled
+            raise SAEError(f"k={k} is more than the SAE's {expansion * w} latents ({w} channels at {h} x "
+                           f"expansion {expansion}); lower k or raise expansion.")
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"][:1])
+    stem = os.path.splitext(os.path.basename(out_path))[0]
+    collect_settings = {"prompts": [[p.text, p.labels] for p in prompts], "hook": ",".join(hooks), "steps": steps,
+                        "cfg": cfg, "sampler": sampler_name, "scheduler": scheduler, "seeds": seeds_per_prompt,
+                        "seed": seed, "noise": "one batch per prompt", "shape": list(samples.shape)}
+    cfg_train = TrainConfig(expansion=expansion, k=k, steps=train_steps, batch_size=batch_size, lr=learning_rate,
+                            supervised=supervised, seed=seed % (2 ** 31), checkpoint_every=max(20, train_steps // 20))
+    runs = os.path.join(folder_paths.get_output_directory(), "saemnesia_runs")
+    run_dir = os.path.join(runs, run_folder(stem, collect_settings, cfg_train))
+    return SimpleNamespace(out_path=out_path, prompts=prompts, hooks=hooks, widths=widths, samples=samples,
+                           collect_settings=collect_settings, cfg_train=cfg_train, runs=runs, run_dir=run_dir)
+
+
+def run_folder(stem: str, collect_settings: dict, cfg: TrainConfig) -> str:
+    """The work folder of one run: the SAE's name and a digest of every setting that shapes the
+    result. Same name and settings: the same folder, so a cancelled run resumes. Other settings:
+    another folder, so a cancelled run is never deleted by a different one and stays resumable."""
+    identity = cfg.identity()
+    identity.pop("dead_tokens")  # derived from the collection, which collect_settings already fix
+    blob = json.dumps({"collect": collect_settings, "train": identity}, sort_keys=True, default=str)
+    return f"{stem}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
 def prompts_have_labels(prompts) -> bool:
@@ -240,7 +272,7 @@ def _collect(model, clip, prompts, widths: dict[str, int], samples, settings, ru
     """Store, per hook point, what it sees for every prompt: a block's cond-half outputs at every
     denoising step (one sampling pass feeds every block), or the prompt's text states ('context',
     plus the empty prompt's, so the SAE also knows the unconditional half).
-    Reuses a finished collection with the same settings (so a cancelled training resumes)."""
+    Reuses a finished collection of this run (so a cancelled training resumes)."""
     act_root = os.path.join(run_dir, "activations")
     stamp = os.path.join(run_dir, "collect.json")
     if os.path.isfile(stamp) and all(os.path.isfile(os.path.join(act_root, h, INDEX)) for h in widths):
@@ -248,8 +280,9 @@ def _collect(model, clip, prompts, widths: dict[str, int], samples, settings, ru
             if json.load(f) == json.loads(json.dumps(settings)):
                 on_reuse()
                 return {h: ActivationStore(os.path.join(act_root, h)) for h in widths}
-    # settings changed or a collection was interrupted: start this run over
-    shutil.rmtree(run_dir, ignore_errors=True)
+    # an interrupted collection: only its partial activations go (a training checkpoint, which
+    # needs a finished collection, cannot exist yet in this folder)
+    shutil.rmtree(act_root, ignore_errors=True)
     blocks = [h for h in widths if h != CONTEXT]
     writers = {h: ActivationWriter(os.path.join(act_root, h), widths[h], prompts, hook_point=h) for h in blocks}
     current = {"prompt": 0}

@@ -111,7 +111,7 @@ def load_sae(path: str, device="cpu") -> LoadedSAE:
     if os.path.isdir(path):
         return load_sparsify_folder(path, device=device)
     if not os.path.isfile(path):
-        raise SAEFileError(f"SAE file not found: {path}. Put .safetensors SAEs in the 'sae' models folder.")
+        raise SAEFileError(f"SAE file not found: {os.path.basename(path)}. Put .safetensors SAEs in the 'sae' models folder.")
     label = os.path.basename(path)
     if not path.lower().endswith(".safetensors"):
         raise SAEFileError(f"{label} is not a .safetensors file. SAEmnesia loads only safetensors "
@@ -216,7 +216,10 @@ def _json_object(text, what: str) -> dict:
     try:
         value = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SAEFileError(f"{what} is not valid JSON ({e}); the file is damaged. Re-create or re-download it.") from None
+        # the position only: the decoder's message could quote bytes of the file
+        where = f"line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else f"byte {e.start}"
+        raise SAEFileError(f"{what} is not valid JSON (UTF-8, at {where}); the file is damaged. "
+                           "Re-create or re-download it.") from None
     except RecursionError:
         raise SAEFileError(f"{what} is JSON nested too deeply to read; the file is damaged or hostile. "
                            "Re-create or re-download it.") from None
@@ -240,8 +243,8 @@ def read_safetensors_metadata(path: str) -> dict:
             if head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
                 raise SAEFileError(f"{name} is a pickle/zip (torch.save) file renamed to .safetensors. SAEmnesia never "
                                    "loads pickles; convert it with safetensors.torch.save_file.")
-            raise SAEFileError(f"{name} is truncated or not a safetensors file (header says {n} bytes, file has "
-                               f"{size}). Re-download or re-create it.")
+            # no header length or size in the message: they are bytes of a file that may not be an SAE at all
+            raise SAEFileError(f"{name} is truncated or not a safetensors file. Re-download or re-create it.")
         raw = first + f.read(n - 1)
     try:
         header = json.loads(raw)
@@ -315,12 +318,20 @@ def diffusers_to_ldm(name: str, layers_per_block: int = 2) -> str:
     return f"output_blocks.{per * i + j}.1"
 
 
+def _is_block_name(name: str) -> bool:
+    try:
+        diffusers_to_ldm(name)
+        return True
+    except SAEFileError:
+        return False
+
+
 def load_sparsify_folder(folder: str, device="cpu", hook_point: str | None = None) -> LoadedSAE:
     cfg_path = os.path.join(folder, "cfg.json")
     w_path = os.path.join(folder, "sae.safetensors")
+    label = os.path.basename(os.path.normpath(folder))  # messages name the folder, never a server path
     if not (os.path.isfile(cfg_path) and os.path.isfile(w_path)):
-        raise SAEFileError(f"{folder} is not a sparsify/SAeUron SAE folder: it needs cfg.json and sae.safetensors.")
-    label = os.path.basename(os.path.normpath(folder))
+        raise SAEFileError(f"{label} is not a sparsify/SAeUron SAE folder: it needs cfg.json and sae.safetensors.")
     try:
         with open(cfg_path, "rb") as f:
             text = f.read()
@@ -335,9 +346,15 @@ def load_sparsify_folder(folder: str, device="cpu", hook_point: str | None = Non
     sae = _build(tensors, names, k, label, device)
     if d_in is not None and d_in != sae.d_in:
         raise SAEFileError(f"{label}/cfg.json says d_in={d_in} but the weights have {sae.d_in}.")
-    named = hook_point or cfg.get("hookpoint") or label
-    if not isinstance(named, str):
-        raise SAEFileError(f"{label}/cfg.json: hookpoint is {_show(named)}, not a block name.")
-    hook = diffusers_to_ldm(named)
+    given = hook_point or cfg.get("hookpoint")
+    if given is not None and not isinstance(given, str):
+        raise SAEFileError(f"{label}/cfg.json: hookpoint is {_show(given)}, not a block name.")
+    if not given and not _is_block_name(label):
+        # sparsify stores the block only in the folder's name: a renamed folder has lost it
+        raise SAEFileError(f"The SAeUron/sparsify SAE folder '{label}' does not say which UNet block it was trained "
+                           "on: such folders are named after their hook point. Rename the folder back to its block "
+                           "name (e.g. unet.up_blocks.1.attentions.1 for objects, unet.up_blocks.1.attentions.2 for "
+                           "styles), or add \"hookpoint\": \"unet.up_blocks.1.attentions.1\" to its cfg.json.")
+    hook = diffusers_to_ldm(given or label)
     family = cfg.get("model_family", "unknown")
     return LoadedSAE(sae, SAEInfo(hook, family if isinstance(family, str) else "unknown", ConceptIndex(), {"imported_from": "sparsify", "cfg": cfg}, folder))

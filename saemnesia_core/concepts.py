@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import unicodedata
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +23,20 @@ from .errors import SAEError, UnknownConceptError
 
 KINDS = ("object", "style", "concept")
 MODES = ("neuron", "ablate", "replace")
+# the concept picker shows names in the browser: characters that are markup there are refused
+_MARKUP = set('<>&"')
+
+
+def check_concept_name(name: str, fix: str) -> str:
+    """The one rule for concept names (SAE files loaded, prompts trained): not empty, no markup
+    characters, no control characters. `fix` says what the user should do."""
+    if not isinstance(name, str) or not name.strip():
+        raise SAEError(f"Concept name {name!r} is empty or not text. {fix}")
+    bad = sorted({ch for ch in name if ch in _MARKUP or unicodedata.category(ch) == "Cc"})
+    if bad:
+        raise SAEError(f"Concept name {name!r} contains {' '.join(repr(ch) for ch in bad)}: concept names may not "
+                       f"contain < > & \" or control characters (the concept picker shows them in the browser). {fix}")
+    return name
 
 
 @dataclass
@@ -86,11 +101,18 @@ class ConceptIndex:
     def names(self, kind: str | None = None) -> list[str]:
         return [n for n, c in self.concepts.items() if kind is None or c.kind == kind]
 
-    def get(self, name: str) -> Concept:
+    def find(self, name: str) -> Concept | None:
+        """The concept of that name (case and surrounding spaces ignored), or None."""
         key = name.strip().lower()
         for n, c in self.concepts.items():
             if n.lower() == key:
                 return c
+        return None
+
+    def get(self, name: str) -> Concept:
+        c = self.find(name)
+        if c is not None:
+            return c
         known = ", ".join(sorted(self.concepts)) or "(none: this SAE has no concept index; train it with labelled prompts)"
         raise UnknownConceptError(f"Unknown concept '{name.strip()}'. This SAE knows: {known}. "
                                   "Pick one of these names, or use 'neuron:<index>' for a raw latent.")
@@ -142,6 +164,9 @@ class ConceptIndex:
             raise SAEError(f"concept index default_mode {idx.default_mode!r:.60} is not one of {MODES}")
         for name, c in _obj(d.get("concepts", {}), "concepts").items():
             c = _obj(c, f"concept '{name:.60}'")
+            check_concept_name(name, "Re-create the SAE with plain concept names (Train SAE from Prompts), or ask its "
+                                     "author for a fixed file.")
+            check_concept_name(str(c.get("kind", "concept")), f"(This is the kind of concept {name!r}.) Re-create the SAE file.")
             sels = [Selection.from_json(s) for s in _list(c.get("selections", []), f"concept '{name:.60}' selections")]
             if sels and idx.timesteps and len(sels) != len(idx.timesteps):
                 raise SAEError(f"concept '{name}' has {len(sels)} timestep selections but the index has "

@@ -4,20 +4,24 @@ from __future__ import annotations
 import torch
 
 from .checkpoint import LoadedSAE
-from .intervention import raw_neuron
+from .concepts import Concept
+from .errors import SAEError
+from .intervention import resolve_spec
 
 
-def latents_for(loaded: LoadedSAE, spec: str, timestep: float) -> list[int]:
-    n = raw_neuron(spec)
-    if n is not None:
-        return [n]
-    c = loaded.index.get(spec)
+def latents_for(loaded: LoadedSAE, spec: str | int | Concept, timestep: float) -> list[int]:
+    """spec: an entry of the concepts text (see resolve_spec), a raw latent index or a Concept."""
+    c = resolve_spec(loaded.index, spec) if isinstance(spec, str) else spec
+    if isinstance(c, int):
+        if not 0 <= c < loaded.sae.n_latents:
+            raise SAEError(f"latent {c} does not exist: this SAE has latents 0..{loaded.sae.n_latents - 1}.")
+        return [c]
     if c.latent is not None:
         return [c.latent]
     return list(c.selections[loaded.index.bucket(timestep)].latents)
 
 
-def activation_map(loaded: LoadedSAE, h: torch.Tensor, spec: str, timestep: float) -> tuple[torch.Tensor, list[int]]:
+def activation_map(loaded: LoadedSAE, h: torch.Tensor, spec: str | int | Concept, timestep: float) -> tuple[torch.Tensor, list[int]]:
     """h [B,C,H,W] block output -> ([B,H,W] summed activation of the latents, the latents)."""
     latents = latents_for(loaded, spec, timestep)
     b, c, hh, ww = h.shape

@@ -13,7 +13,7 @@ import re
 import torch
 
 from . import erasure
-from .concepts import MODES, ConceptIndex
+from .concepts import MODES, Concept, ConceptIndex
 from .errors import SAEError
 from .sae import TopKSAE
 
@@ -77,6 +77,17 @@ def raw_neuron(spec: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def resolve_spec(index: ConceptIndex, spec: str) -> Concept | int:
+    """What an entry of the concepts text means. A name in the SAE's index always wins (a
+    concept may be labelled 'neuron 5'); otherwise 'neuron:5', 'neuron 5' or '#5' is raw latent 5;
+    anything else must be a concept name (an unknown one raises, listing the known names)."""
+    c = index.find(spec)
+    if c is not None:
+        return c
+    n = raw_neuron(spec)
+    return n if n is not None else index.get(spec)
+
+
 class ConceptEraser:
     """Callable that erases the given concepts from one block's output."""
 
@@ -107,17 +118,17 @@ class ConceptEraser:
     def _target(self, index: ConceptIndex, bucket: int, multiplier: float | None) -> erasure.ErasureTarget:
         chosen: dict[int, tuple[float, float, float]] = {}
         anchors: dict[int, int] = {}
-        erased = {index.get(split_anchor(s)[0]).name for s in self.concepts if raw_neuron(split_anchor(s)[0]) is None}
-        for full in self.concepts:
-            spec, anchor = split_anchor(full)
-            n = raw_neuron(spec)
-            if n is not None:
+        resolved = [(full, *split_anchor(full)) for full in self.concepts]
+        erased = {c.name for c in (resolve_spec(index, s) for _, s, _ in resolved) if not isinstance(c, int)}
+        for full, spec, anchor in resolved:
+            c = resolve_spec(index, spec)
+            if isinstance(c, int):
+                n = c
                 if not 0 <= n < self.sae.n_latents:
                     raise SAEError(f"'{spec}': this SAE has latents 0..{self.sae.n_latents - 1}. Pick an index in that range.")
                 m = multiplier if multiplier is not None else index.default_multiplier
                 chosen.setdefault(n, (0.0, 1.0, m))
                 continue
-            c = index.get(spec)
             m = multiplier if multiplier is not None else (c.multiplier if c.multiplier is not None else index.default_multiplier)
             if self.mode == "neuron" and c.latent is not None:
                 sel = c.selections[bucket] if c.selections else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from .concepts import check_concept_name
 from .errors import SAEError
 
 DEFAULT_TEMPLATES = ("a {object} in {style} style",)
@@ -28,6 +29,12 @@ def split_list(text: str) -> list[str]:
 def build_prompts(objects: list[str], styles: list[str], templates=DEFAULT_TEMPLATES) -> list[LabelledPrompt]:
     """Every template filled with every object x style (or only the kind it mentions)."""
     templates = [t.strip() for t in templates if t and t.strip()]
+    both = {n.lower() for n in objects} & {n.lower() for n in styles}
+    if both:
+        name = next(n for n in objects if n.lower() in both)
+        # one label per name: a prompt "a cat in cat style" would silently keep only one kind
+        raise SAEError(f"'{name}' is given both as an object and as a style; a concept has one kind. Remove it from "
+                       "one of the two lists, or give the two concepts different names (e.g. 'cat' and 'cat style').")
     if not templates:
         raise SAEError("No prompt template given. Use e.g. 'a {object} in {style} style'.")
     out = []
@@ -68,8 +75,15 @@ def parse_labelled_lines(text: str) -> list[LabelledPrompt]:
 def concept_kinds(prompts: list[LabelledPrompt]) -> dict[str, str]:
     """All concepts named by the prompts, in first-seen order."""
     kinds: dict[str, str] = {}
+    spelled: dict[str, str] = {}  # lower case -> first spelling (names are looked up without case)
     for p in prompts:
         for name, kind in p.labels.items():
+            if name not in kinds:
+                check_concept_name(name, "Rename the concept in the objects, styles or 'label: prompt' lines.")
+                first = spelled.setdefault(name.lower(), name)
+                if first != name:
+                    raise SAEError(f"'{first}' and '{name}' differ only in case, and concept names are matched "
+                                   "without case; spell them the same way.")
             if kinds.setdefault(name, kind) != kind:
                 raise SAEError(f"'{name}' is labelled both {kinds[name]} and {kind}; give it one kind.")
     return kinds
@@ -85,4 +99,5 @@ def assemble_prompts(objects: str, styles: str, templates: str, labelled_lines: 
     if not prompts:
         raise SAEError("The prompt list is empty. Give objects and/or styles (with a template such as "
                        "'a {object} in {style} style'), or 'label: prompt' lines.")
+    concept_kinds(prompts)  # bad or conflicting names fail here, before any sampling
     return prompts

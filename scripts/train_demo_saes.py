@@ -71,10 +71,9 @@ def train(names: list[str], threads: int):
     folder_paths.set_output_directory(os.path.join(WORK, "output"))
     model, clip, _ = LoadDemoModel.execute("demo_unet.safetensors").args
     latent = {"samples": torch.zeros(1, 3, 32, 32)}
-    runs = os.path.join(WORK, "output", "saemnesia_runs")
     for name in names:
         block, supervised = SPECS[name]
-        _share_collection(runs, name, block)
+        _share_collection(model, latent, name)
         print(f"== {name}: {block}, {'supervised' if supervised else 'unsupervised'}", flush=True)
         with torch.inference_mode():  # as ComfyUI runs a prompt
             out = TrainSAEFromPrompts.execute(model, clip, latent, name, OBJECTS, STYLES, hook_point=block,
@@ -84,16 +83,25 @@ def train(names: list[str], threads: int):
 
 
 
-def _share_collection(runs: str, name: str, block: str):
+def _share_collection(model, latent, name: str):
     """Both SAEs of a block are trained on the same collected activations: give this run the
-    finished collection of its sibling (the node reuses a collection whose settings match)."""
+    finished collection of its sibling (the node reuses a finished collection in its run folder,
+    which is keyed by the run's name and settings)."""
+    from saemnesia_pack.nodes.train_sae import plan_run
+
+    def run_dir(n):
+        block, supervised = SPECS[n]
+        return plan_run(model, latent, n, OBJECTS, STYLES, hook_point=block, supervised=supervised,
+                        **{**NODE_SETTINGS, **OVERRIDES.get(n, {})}).run_dir
+    mine = run_dir(name)
     for other, (b, _) in SPECS.items():
-        src = os.path.join(runs, other)
-        if other != name and b == block and os.path.isfile(os.path.join(src, "collect.json")) \
-                and not os.path.isfile(os.path.join(runs, name, "collect.json")):
-            os.makedirs(os.path.join(runs, name), exist_ok=True)
-            shutil.copytree(os.path.join(src, "activations"), os.path.join(runs, name, "activations"), dirs_exist_ok=True)
-            shutil.copyfile(os.path.join(src, "collect.json"), os.path.join(runs, name, "collect.json"))
+        if other == name or b != SPECS[name][0]:
+            continue
+        src = run_dir(other)
+        if os.path.isfile(os.path.join(src, "collect.json")) and not os.path.isfile(os.path.join(mine, "collect.json")):
+            os.makedirs(mine, exist_ok=True)
+            shutil.copytree(os.path.join(src, "activations"), os.path.join(mine, "activations"), dirs_exist_ok=True)
+            shutil.copyfile(os.path.join(src, "collect.json"), os.path.join(mine, "collect.json"))
             return
 
 

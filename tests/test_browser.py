@@ -37,35 +37,15 @@ if _missing():
 
 
 # UI-format graphs: built by tools/workflows.py, which also defines the shipped workflows
-from tools.workflows import NAMES, candidate_saes, erase_workflow, load, missing_saes, write_returning_user_settings
+from conftest import HOSTILE_CONCEPT
+from tools.workflows import NAMES, SD15_CHECKPOINT, erase_workflow, load, missing_saes
 
 
 # ------------------------------------------------------------------ server and driver
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, comfy, pack):
-    from tools import comfy_env
-    from tools.comfy_server import ComfyServer
-    from saemnesia_core import SAEInfo, TopKSAE, save_sae
-    from saemnesia_core.concepts import Concept, ConceptIndex, Selection
-    base = tmp_path_factory.mktemp("comfy-browser")
-    sae = TopKSAE(1280, 2560, 16)
-    sae.requires_grad_(False)
-    sel = [Selection([1, 2], [1, 1], [1, 1], [0, 0])] * 2
-    index = ConceptIndex(timesteps=[999.0, 0.0], default_mode="ablate", default_multiplier=-3.0,
-                         concepts={"thing": Concept("thing", "object", None, sel),
-                                   "ink": Concept("ink", "style", None, sel)})
-    # written into models/sae itself: the sae folder refuses symlinks that resolve outside it
-    os.makedirs(base / "models" / "sae", exist_ok=True)
-    save_sae(str(base / "models" / "sae" / "thing.safetensors"), sae, SAEInfo("output_blocks.5.1", "sd1", index, {}))
-    write_returning_user_settings(str(base))
-    # the demo model's SAEs come from the pack's models/sae (or candidates to try, see tools/workflows.py)
-    # one torch thread: on a shared CPU, a second spinning OpenMP thread made sampling many times slower
-    srv = ComfyServer(str(base), {"checkpoints": {"sd15-random.safetensors": comfy_env.sd15_random_checkpoint()},
-                                  "sae": candidate_saes()}, threads=1)
-    srv.start()
-    yield srv
-    srv.stop()
+@pytest.fixture()
+def server(comfy_server):
+    return comfy_server  # one server for the session (tests/conftest.py): thing.safetensors, hostile.safetensors
 
 
 def drive(server, command: str, workflow: dict, tmp_path, timeout: float = 900, **args) -> dict:
@@ -88,7 +68,7 @@ def drive(server, command: str, workflow: dict, tmp_path, timeout: float = 900, 
 
 def test_erase_workflow_in_the_browser(server, tmp_path):
     os.makedirs(ARTIFACTS, exist_ok=True)
-    wf = erase_workflow("sd15-random.safetensors", "thing.safetensors", "", 64, 2, inspect=True, train=True,
+    wf = erase_workflow(SD15_CHECKPOINT, "thing.safetensors", "", 64, 2, inspect=True, train=True,
                         inspect_concept="thing")
     t0 = time.time()
     r = drive(server, "run", wf, tmp_path, out=ARTIFACTS, concept="thing", timeout=600)
@@ -150,6 +130,27 @@ def test_demo_erase_workflow_runs_in_the_browser(server, tmp_path):
     assert set(shown) == set(saves)
     for nid in saves:
         assert len(shown[nid]) == 4 and all(im["width"] == 128 for im in shown[nid]), shown[nid]  # 32 px x 4
+
+
+def test_a_hostile_concept_name_is_shown_as_text_and_runs_no_script(server, tmp_path):
+    """Issue 13 (stored XSS): the picker's menu puts labels into innerHTML. A concept named
+    <img src=x onerror=...>, in an SAE file or in a shared workflow's Train node text, must show
+    as text and run nothing. The server refuses the file; the Train node's planned name is escaped."""
+    wf = erase_workflow(SD15_CHECKPOINT, "hostile.safetensors", "", 64, 1, train=True)
+    (train,) = [n for n in wf["nodes"] if n["type"] == "SAEmnesiaTrainSAEFromPrompts"]
+    train["widgets_values"][0] = "hostile_never_trained"  # no file of that name: the picker shows the planned names
+    train["widgets_values"][1] = f"cat, {HOSTILE_CONCEPT}"  # objects, as a shared workflow could carry it
+    out = os.path.join(ARTIFACTS, "hostile")
+    r = drive(server, "hostile", wf, tmp_path, out=out, concept=HOSTILE_CONCEPT, timeout=300)
+    # fed by the SAE file with that name: refused by the server, and the picker says why
+    assert r["refused"]["values"] == [] and "may not contain" in r["refused"]["error"], r["refused"]
+    # fed by the Train node: the name is offered, and its menu entry is that text, not an element
+    assert HOSTILE_CONCEPT in r["planned"]["values"]
+    entry = [m for m in r["menu"] if "onerror" in m["text"]]
+    assert len(entry) == 1 and entry[0]["text"] == f"+ {HOSTILE_CONCEPT} · object", r["menu"]
+    assert all(m["elements"] == 0 for m in r["menu"]) and r["injected"] == 0, r["menu"]
+    assert "&lt;img" in entry[0]["html"]
+    assert r["script_ran"] == 0
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -10,15 +10,6 @@ LATENT = (1, 4, 8, 8)  # 64 px: output_blocks.4.1/5.1 are 2x2 maps of 1280 chann
 STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def env(sd15, pack):
-    model, clip, vae = sd15
-    from saemnesia_pack.nodes import model_patch
-    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a cat"))
-    neg = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-    return {"model": model, "clip": clip, "vae": vae, "cond": cond, "neg": neg, "mp": model_patch}
-
-
 def sample(env, model, seed=0, steps=STEPS):
     import comfy.sample
     lat = torch.zeros(LATENT)
@@ -33,11 +24,6 @@ def capture(env, model, hook, cond_only=False):
     probe = env["mp"].capture_patch(model, hook, lambda h, info: got.append((h.clone(), info)), cond_only=cond_only)
     sample(env, probe)
     return got
-
-
-@pytest.fixture(scope="module")
-def block_outputs(env):
-    return {hook: capture(env, env["model"], hook) for hook in ("output_blocks.4.1", "output_blocks.5.1")}
 
 
 def make_loaded(block_outputs, hook="output_blocks.5.1", n_latents=2560, k=16, threshold=0.0, seed=0):

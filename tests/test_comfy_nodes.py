@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from test_comfy_integration import LATENT, env, block_outputs, make_loaded  # noqa: F401  (fixtures)
+from test_comfy_integration import LATENT, make_loaded
 
 pytestmark = pytest.mark.comfy
 
@@ -172,7 +172,7 @@ def test_train_node_trains_saves_resumes_and_refuses_overwrite(env, sae_dir, mon
     monkeypatch.setattr(mm, "processing_interrupted", interrupt_later)
     with pytest.raises(mm.InterruptProcessingException):
         train(env, "mine")
-    run = sae_dir.parent / "output" / "saemnesia_runs" / "mine"
+    (run,) = (sae_dir.parent / "output" / "saemnesia_runs").glob("mine-*")  # keyed by name + settings
     assert (run / "train" / "checkpoint.safetensors").exists() and not (sae_dir / "mine.safetensors").exists()
     monkeypatch.setattr(mm, "processing_interrupted", real)
 
@@ -193,3 +193,65 @@ def test_train_node_trains_saves_resumes_and_refuses_overwrite(env, sae_dir, mon
         train(env, "other", objects="", styles="", labelled_prompts="")
     with pytest.raises(SAEError, match="no transformer block"):
         train(env, "other", hook_point="output_blocks.40.1")
+
+
+def test_a_cancelled_run_survives_a_run_with_other_settings_and_still_resumes(env, sae_dir, monkeypatch):
+    """Issue 13: the work folder was keyed by name only and a same-name run with other settings
+    deleted the cancelled run's checkpoint. Now each settings get their own folder."""
+    import comfy.model_management as mm
+    real = mm.processing_interrupted
+    calls = {"n": 0}
+
+    def interrupt_later():
+        calls["n"] += 1
+        return calls["n"] > 12
+    monkeypatch.setattr(mm, "processing_interrupted", interrupt_later)
+    quick = dict(steps=1)  # one sampling step per prompt: what is tested is the work folder
+    with pytest.raises(mm.InterruptProcessingException):
+        train(env, "twin", **quick)
+    runs = sae_dir.parent / "output" / "saemnesia_runs"
+    (first,) = runs.glob("twin-*")
+    ckpt = first / "train" / "checkpoint.safetensors"
+    kept = ckpt.read_bytes()
+    monkeypatch.setattr(mm, "processing_interrupted", real)
+
+    # same name, other settings (k): a fresh run in its own folder; the cancelled one is untouched
+    _, report = train(env, "twin", k=4, **quick).args
+    assert "(resumed)" not in report and len(list(runs.glob("twin-*"))) == 2
+    assert ckpt.read_bytes() == kept
+    # the original settings still resume the cancelled run
+    _, report = train(env, "twin", overwrite=True, **quick).args
+    assert "(resumed)" in report
+    assert "Saved twin.safetensors in " in report and str(sae_dir) not in report  # no server path
+
+
+def test_overwrite_off_checks_every_folder_load_sae_lists(pack, env, sae_dir, tmp_path, monkeypatch):
+    """Training a name that exists in any listed sae folder is refused while overwrite is off,
+    and the names of the SAEs shipped in the pack's models/sae are never taken."""
+    import folder_paths
+    from saemnesia_core import SAEError, SAEInfo, TopKSAE, save_sae
+    from saemnesia_core.concepts import ConceptIndex
+    from saemnesia_pack.nodes import sae_folder
+    shipped, extra = tmp_path / "pack_sae", tmp_path / "extra_sae"
+    shipped.mkdir()
+    extra.mkdir()
+    monkeypatch.setattr(sae_folder, "PACK_FOLDER", str(shipped))
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "sae",
+                        ([str(sae_dir), str(extra), str(shipped)], {".safetensors"}))
+    folder_paths.filename_list_cache.clear()
+    sae = TopKSAE(8, 16, 2)
+    sae.requires_grad_(False)
+    for folder, name in ((shipped, "minicanvas_objects_saemnesia"), (extra, "shared")):
+        save_sae(str(folder / f"{name}.safetensors"), sae, SAEInfo("output_blocks.1.1", "x", ConceptIndex(), {}))
+        assert f"{name}.safetensors" in sae_folder.list_saes()
+    with pytest.raises(SAEError, match="shipped with the pack"):
+        train(env, "minicanvas_objects_saemnesia")
+    with pytest.raises(SAEError, match="shipped with the pack"):
+        train(env, "minicanvas_objects_saemnesia", overwrite=True)
+    with pytest.raises(SAEError, match="already exists in an sae folder from extra_model_paths.yaml") as e:
+        train(env, "shared")
+    assert str(extra) not in str(e.value)
+    assert not (sae_dir / "minicanvas_objects_saemnesia.safetensors").exists()
+    assert not (sae_dir / "shared.safetensors").exists()
+    # nothing was sampled: the name is checked first
+    assert not (sae_dir.parent / "output" / "saemnesia_runs").exists()

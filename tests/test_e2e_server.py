@@ -3,29 +3,17 @@ import os
 
 import pytest
 
+from conftest import HOSTILE_CONCEPT
+from tools import workflows as wf
+
 pytestmark = pytest.mark.e2e
 
 NODES = ["SAEmnesiaLoadSAE", "SAEmnesiaEraseConcepts", "SAEmnesiaInspectNeuron", "SAEmnesiaTrainSAEFromPrompts"]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, comfy, pack):
-    from tools import comfy_env
-    from tools.comfy_server import ComfyServer
-    from saemnesia_core import SAEInfo, TopKSAE, save_sae
-    from saemnesia_core.concepts import Concept, ConceptIndex, Selection
-    base = tmp_path_factory.mktemp("comfy-base")
-    sae = TopKSAE(1280, 2560, 16)
-    sae.requires_grad_(False)
-    index = ConceptIndex(timesteps=[999.0, 0.0], default_mode="ablate", default_multiplier=-3.0,
-                         concepts={"thing": Concept("thing", "object", None, [Selection([1, 2], [1, 1], [1, 1], [0, 0])] * 2)})
-    sae_path = str(base / "thing.safetensors")
-    save_sae(sae_path, sae, SAEInfo("output_blocks.5.1", "sd1", index, {}))
-    srv = ComfyServer(str(base), {"checkpoints": {"sd15-random.safetensors": comfy_env.sd15_random_checkpoint()},
-                                  "sae": {"thing.safetensors": sae_path}})
-    srv.start()
-    yield srv
-    srv.stop()
+@pytest.fixture()
+def server(comfy_server):
+    return comfy_server  # one server for the session, with thing.safetensors (tests/conftest.py)
 
 
 def shipped_saes() -> set[str]:
@@ -46,8 +34,9 @@ def test_object_info_shows_the_four_nodes_with_their_inputs(server):
         assert node in info, f"{node} missing; server log:\n{server.read_log()[-3000:]}"
         assert info[node]["category"] == "SAEmnesia"
     saes = combo_options(info["SAEmnesiaLoadSAE"]["input"]["required"]["sae_name"])
-    # the server's models/sae and the SAEs shipped in the pack's own models/sae (one sorted list)
-    assert sorted(saes) == saes and set(saes) == {"thing.safetensors"} | shipped_saes()
+    # the server's models/sae and the SAEs shipped in the pack's own models/sae (one sorted list;
+    # other tests on this session's server may have trained more by now)
+    assert sorted(saes) == saes and {"thing.safetensors", "hostile.safetensors", wf.SD15_SAE} | shipped_saes() <= set(saes)
     erase = info["SAEmnesiaEraseConcepts"]["input"]["required"]
     assert {"model", "sae", "concepts", "mode", "strength", "start_percent", "end_percent", "apply_to"} <= set(erase)
     assert combo_options(erase["mode"]) == ["auto", "neuron", "ablate", "replace"]
@@ -65,9 +54,40 @@ def test_concepts_route(server):
     assert e.value.code == 400
 
 
+def test_concepts_route_refuses_a_hostile_concept_name(server):
+    """Issue 13: a concept name that is markup in the browser. The server refuses the file with a
+    message that names the concept and the fix, and shows no server path."""
+    import json
+    import urllib.error
+    with pytest.raises(urllib.error.HTTPError) as e:
+        server.get("/saemnesia/concepts?sae=hostile.safetensors")
+    assert e.value.code == 400
+    msg = json.loads(e.value.read())["error"]
+    assert "hostile.safetensors" in msg and repr(HOSTILE_CONCEPT) in msg and "may not contain" in msg, msg
+    assert server.base not in msg
+    # the node refuses it the same way when a graph loads it
+    bad = {"1": {"class_type": "SAEmnesiaLoadSAE", "inputs": {"sae_name": "hostile.safetensors"}},
+           "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}}
+    with pytest.raises(RuntimeError, match="may not contain"):
+        server.run(bad)
+
+
+def test_only_listed_sae_files_are_read(server):
+    """A name Load SAE does not list (here: the SAeUron folder's cfg.json) is not read, and the
+    message names no server folder."""
+    import json
+    import urllib.error
+    folder = wf.SD15_SAE.split("/")[0]
+    for name in (f"{folder}/cfg.json", f"{folder}"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            server.get(f"/saemnesia/concepts?sae={name}")
+        msg = json.loads(e.value.read())["error"]
+        assert e.value.code == 400 and "not found in the sae folder" in msg and server.base not in msg, msg
+
+
 def graph():
     return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15-random.safetensors"}},
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": wf.SD15_CHECKPOINT}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a cat in ink style"}},
         "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},

@@ -7,10 +7,9 @@ SAEMNESIA_CANDIDATE_SAES at a folder holding files of the shipped names: they ar
 the test server's own models/sae instead.
 
 The SD 1.5 workflow runs on the random SD1.5-shaped checkpoint (linked under the checkpoint
-name the workflow picks) with a small random SAeUron-layout SAE this test writes under the SAE
-name it picks, so nothing in the graph is changed.
+name the workflow picks) with a small random SAeUron-layout SAE written under the SAE name it
+picks; its graph runs as shipped except for the picture size and step count (CPU time).
 """
-import json
 import os
 
 import numpy as np
@@ -20,41 +19,9 @@ from tools import workflows as wf
 
 pytestmark = pytest.mark.e2e
 
-SD15_LATENT = 1234  # the raw latent the SD 1.5 workflow erases (neuron:1234)
-
-
-def _write_sparsify_sae(folder: str, d_in: int = 1280, n_latents: int = 2048, k: int = 8):
-    """A random SAE in the published SAeUron/sparsify layout whose latent SD15_LATENT fires on
-    every position (large encoder bias), so erasing it must change the picture."""
-    import torch
-    from safetensors.torch import save_file
-    g = torch.Generator().manual_seed(0)
-    W_enc = torch.randn(n_latents, d_in, generator=g) / d_in ** 0.5
-    b_enc = torch.zeros(n_latents)
-    b_enc[SD15_LATENT] = 100.0
-    W_dec = torch.randn(n_latents, d_in, generator=g)
-    W_dec /= W_dec.norm(dim=1, keepdim=True)
-    os.makedirs(folder, exist_ok=True)
-    save_file({"encoder.weight": W_enc, "encoder.bias": b_enc, "W_dec": W_dec, "b_dec": torch.zeros(d_in)},
-              os.path.join(folder, "sae.safetensors"))
-    with open(os.path.join(folder, "cfg.json"), "w", encoding="utf-8") as f:
-        json.dump({"expansion_factor": n_latents // d_in, "normalize_decoder": True, "num_latents": n_latents,
-                   "k": k, "d_in": d_in}, f)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, comfy, pack):
-    from tools import comfy_env
-    from tools.comfy_server import ComfyServer
-    base = tmp_path_factory.mktemp("comfy-workflows")
-    sae_name = wf.SD15_SAE.split("/")[0]
-    _write_sparsify_sae(str(base / "models" / "sae" / sae_name))
-    # one torch thread: on a shared CPU, a second spinning OpenMP thread made sampling 20x slower
-    srv = ComfyServer(str(base), {"checkpoints": {wf.SD15_CHECKPOINT: comfy_env.sd15_random_checkpoint()},
-                                  "sae": wf.candidate_saes()}, threads=1)
-    srv.start()
-    yield srv
-    srv.stop()
+@pytest.fixture()
+def server(comfy_server):
+    return comfy_server  # one server for the session (tests/conftest.py)
 
 
 def require_saes(api: dict):
@@ -64,10 +31,15 @@ def require_saes(api: dict):
         pytest.skip(f"shipped SAE missing from models/sae/: {', '.join(missing)}")
 
 
-def run(server, name: str, timeout: float = 900) -> tuple[dict, dict, dict]:
-    """Queue the twin exactly as shipped: (api graph, history entry, {Save Image title: [HxWx3 uint8]})."""
+def run(server, name: str, timeout: float = 900, override=None) -> tuple[dict, dict, dict]:
+    """Queue the twin as shipped (override(api) may change values, never the graph):
+    (api graph, history entry, {Save Image title: [HxWx3 uint8]})."""
     from PIL import Image
     _, api = wf.load(name)
+    if override:
+        shape = {nid: (n["class_type"], sorted(n["inputs"])) for nid, n in api.items()}
+        override(api)
+        assert {nid: (n["class_type"], sorted(n["inputs"])) for nid, n in api.items()} == shape, "only values may change"
     entry = server.run(api, timeout=timeout)
     images = {}
     for nid, out in entry["outputs"].items():
@@ -200,15 +172,28 @@ def test_train_then_erase(server):
     assert min(diffs) > MIN_CHANGE, f"the trained SAE's erasure left pictures unchanged: {diffs}"
 
 
+SD15_PX, SD15_STEPS = 64, 2  # shipped: 512 px, 25 steps (half an hour per picture on a busy CPU core)
+
+
 def test_erase_concept_sd15_saeuron(server):
-    """Unmodified: the SD 1.5 checkpoint and SAE names it picks exist on this server (random
-    weights); 512 px, 2 x 25 steps on the CPU: about half an hour on one busy shared core."""
+    """The shipped graph, unchanged but for size and steps, on the SD 1.5 checkpoint and SAE
+    names it picks (random weights): both KSamplers run, Erase Concepts (ablate neuron:1234,
+    a latent this SAE fires everywhere) changes every picture."""
     name = "erase_concept_sd15_saeuron"
-    api, _, images = run(server, name, timeout=3600)
+
+    def small(api):
+        for n in api.values():
+            if n["class_type"] == "EmptyLatentImage":
+                n["inputs"].update(width=SD15_PX, height=SD15_PX)
+            elif n["class_type"] == "KSampler":
+                n["inputs"]["steps"] = SD15_STEPS
+    api, entry, images = run(server, name, override=small)
     assert set(images) == {"Save Image (before)", "Save Image (after)"}
-    check_pictures(images, batch_of(api), 512)
+    check_pictures(images, batch_of(api), SD15_PX)
+    erase = next(n["inputs"] for n in api.values() if n["class_type"] == "SAEmnesiaEraseConcepts")
+    assert (erase["concepts"], erase["mode"]) == ("neuron:1234", "ablate")  # what the shipped graph erases
     diffs = change(images["Save Image (before)"], images["Save Image (after)"])
-    print(f"\n{name}: change {diffs}")
+    print(f"\n{name} ({SD15_PX} px, {SD15_STEPS} steps): change {diffs}")
     assert min(diffs) > MIN_CHANGE, diffs
 
 

@@ -8,6 +8,10 @@
 //       from Train SAE, back to Load SAE), queue the prompt, wait for every SaveImage /
 //       PreviewImage / Inspect Neuron node to show its image and for the training curve, take
 //       screenshots. Prints one JSON object on stdout.
+//   node drive.js hostile --url URL --workflow ui.json --concept NAME [--out DIR]
+//       a workflow whose Erase Concepts node is fed by a Load SAE with a bad file: record what its
+//       picker says; then feed it from the Train node (whose text names NAME), open the picker's
+//       real combo menu and record what the menu entries contain and whether any script ran.
 //   node drive.js convert --url URL --workflow ui.json --ui-out saved.json --api-out api.json
 //       load a UI-format workflow and write what the frontend saves (UI format) and queues (API format).
 //
@@ -283,6 +287,79 @@ async function run(opts) {
   }
 }
 
+async function hostile(opts) {
+  const workflow = JSON.parse(fs.readFileSync(opts.workflow, "utf8"));
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), "saemnesia-chromium-"));
+  const result = { log: LOG, screenshots: [] };
+  let context;
+  try {
+    context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: ARGS, viewport: { width: 1600, height: 1000 } });
+    const page = await openComfy(context, opts.url, LOG);
+    // what a payload would call if the browser ever ran it
+    await page.evaluate(() => {
+      window.__saemnesiaXss = [];
+      window.saemnesiaXss = () => window.__saemnesiaXss.push("ran");
+    });
+    await page.evaluate(`window.__saemnesiaPickerState = ${pickerState.toString()}`); // callable in polls
+
+    await loadWorkflow(page, workflow);
+    // 1. fed by Load SAE with a file the server refuses: the picker says so
+    const refused = await waitFor(
+      page,
+      () => {
+        const [s] = window.__saemnesiaPickerState();
+        return { ok: !!s?.error, ...s };
+      },
+      null,
+      { timeout: 30000, what: "the picker to report the refused SAE file" }
+    );
+    result.refused = refused;
+    // 2. fed by the Train node: the picker offers the names its text plans
+    await page.evaluate(() => {
+      const app = window.comfyAPI.app.app;
+      const byClass = (c) => app.graph.nodes.find((n) => (n.comfyClass ?? n.type) === c);
+      const erase = byClass("SAEmnesiaEraseConcepts");
+      byClass("SAEmnesiaTrainSAEFromPrompts").connect(0, erase, erase.inputs.findIndex((i) => i.name === "sae"));
+    });
+    const planned = await waitFor(
+      page,
+      (need) => {
+        const [s] = window.__saemnesiaPickerState();
+        return { ok: s.values.includes(need), ...s };
+      },
+      opts.concept,
+      { timeout: 30000, what: "the picker to list the Train node's concepts" }
+    );
+    result.planned = planned;
+    // 3. the real combo menu, as a user opens it
+    await page.evaluate(() => window.comfyAPI.app.app.canvas.setDirty(true, true));
+    await sleep(300);
+    const at = await widgetPoint(page, planned.id, "add concept");
+    await page.mouse.click(at.x, at.y);
+    await page.locator(".litecontextmenu .litemenu-entry").first().waitFor({ state: "visible", timeout: 10000 });
+    await sleep(1500); // time for an injected <img onerror> to fire
+    result.menu = await page.evaluate(() =>
+      [...document.querySelectorAll(".litecontextmenu .litemenu-entry")].map((e) => ({
+        text: e.textContent,
+        html: e.innerHTML,
+        elements: e.querySelectorAll("*").length,
+      }))
+    );
+    result.injected = await page.evaluate(() => document.querySelectorAll(".litecontextmenu img, .litecontextmenu script, .litecontextmenu svg").length);
+    result.script_ran = await page.evaluate(() => window.__saemnesiaXss.length);
+    if (opts.out) {
+      fs.mkdirSync(opts.out, { recursive: true });
+      const shot = path.join(opts.out, "hostile_concept_menu.png");
+      await page.screenshot({ path: shot });
+      result.screenshots.push(shot);
+    }
+    return result;
+  } finally {
+    if (context) await context.close().catch(() => {});
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+}
+
 async function convert(opts) {
   const log = LOG;
   const workflow = JSON.parse(fs.readFileSync(opts.workflow, "utf8"));
@@ -314,12 +391,13 @@ async function convert(opts) {
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
   const cmd = opts._[0];
-  if (!opts.url || !opts.workflow || !["run", "convert"].includes(cmd)) {
-    console.error("usage: node drive.js run|convert --url URL --workflow ui.json [--out DIR] [--concept NAME] [--ui-out F] [--api-out F]");
+  const commands = { run, convert, hostile };
+  if (!opts.url || !opts.workflow || !(cmd in commands)) {
+    console.error("usage: node drive.js run|convert|hostile --url URL --workflow ui.json [--out DIR] [--concept NAME] [--ui-out F] [--api-out F]");
     process.exit(2);
   }
   try {
-    const result = cmd === "run" ? await run(opts) : await convert(opts);
+    const result = await commands[cmd](opts);
     process.stdout.write(JSON.stringify(result) + "\n");
   } catch (err) {
     process.stdout.write(JSON.stringify({ error: String(err?.stack ?? err), log: LOG }) + "\n");

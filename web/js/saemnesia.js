@@ -21,6 +21,12 @@ const PICKER_TIP = "Pick a concept of the connected SAE to add it to (or remove 
 const SEP = /[,;\n]/;
 const MAX_HOPS = 32;
 
+// The combo menu puts option labels into innerHTML, and concept names and kinds come from SAE
+// files and from workflows other people share: every label is built from escaped text.
+// (Labels only ever land in element content, where these four are all that is markup.)
+const HTML_ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" };
+export const escapeHtml = (text) => String(text ?? "").replace(/[&<>"]/g, (ch) => HTML_ESCAPES[ch]);
+
 const classOf = (node) => node?.comfyClass ?? node?.type;
 const widgetOf = (node, name) => node?.widgets?.find((w) => w.name === name);
 const rootGraph = () => app.rootGraph ?? app.graph;
@@ -160,7 +166,7 @@ async function refreshPicker(node, force = false) {
     return setPicker(node, { sae: null, source: "none", concepts: [], error: null, status: "connect a Load SAE node" });
   }
   if (src.kind === "other") {
-    return setPicker(node, { sae: null, source: "other", concepts: [], error: null, status: `SAE from "${src.title}": type the names` });
+    return setPicker(node, { sae: null, source: "other", concepts: [], error: null, status: `SAE from ${src.title}: type the names` });
   }
   setPicker(node, { sae: src.name, source: src.kind, status: `loading ${src.name}…`, error: null });
   try {
@@ -203,13 +209,21 @@ function setupErase(node) {
   if (!text || widgetOf(node, PICKER)) return;
   node.saemnesia = { key: null, token: 0, sae: null, source: "none", concepts: [], info: null, error: null, status: "connect a Load SAE node" };
 
-  const label = (value) => {
+  const plainLabel = (value) => {
     const state = node.saemnesia;
     if (value == null || value === "") return state.status;
     const c = state.concepts.find((x) => x.name === value);
     const chosen = splitConcepts(text.value).some((s) => s.toLowerCase() === String(value).toLowerCase());
     const detail = c ? ` · ${c.kind}${c.latent != null ? ` · latent ${c.latent}` : ""}` : "";
     return `${chosen ? "✓" : "+"} ${value}${detail}`;
+  };
+  // Never throws: on an exception the frontend falls back to the raw value, unescaped.
+  const label = (value) => {
+    try {
+      return escapeHtml(plainLabel(value));
+    } catch {
+      return escapeHtml(value);
+    }
   };
 
   // Appended last and never serialized: widgets_values stay positional and identical to a
