@@ -5,6 +5,7 @@ import comfy.sample
 import comfy.samplers
 
 from saemnesia_core import SAEError
+from saemnesia_core.checkpoint import CONTEXT
 from saemnesia_core.heatmap import overlay, with_legend
 from saemnesia_core.inspect import activation_map, describe_concept, describe_latent
 from saemnesia_core.intervention import resolve_spec
@@ -61,6 +62,7 @@ class InspectNeuron(io.ComfyNode):
     def execute(cls, model, sae, vae, positive, show, concept, neuron, step, steps, scheduler, seed,
                 latent=None, image=None) -> io.NodeOutput:
         model_patch.check_compatible(model, sae)
+        sae = _spatial_member(sae)
         by_concept = show == "concept"
         if by_concept and not concept.strip():
             raise SAEError("show is 'concept' but no concept is named: type one from the SAE's index "
@@ -108,3 +110,12 @@ class InspectNeuron(io.ComfyNode):
             text = describe_concept(sae, spec.name, latents, act, timestep, where)
         # the heatmap is also shown on the node itself (ComfyUI's preview mechanism)
         return io.NodeOutput(heat, text, ui=ui.PreviewImage(heat, cls=cls))
+
+
+def _spatial_member(sae):
+    """The SAE (of a set: the first member on a transformer block) whose latents have a map to show."""
+    for member in sae.blocks:
+        if member.info.hook_point != CONTEXT:
+            return member
+    raise SAEError("This SAE reads the text states ('context'), which have no spatial map to show. Inspect a "
+                   "concept with an SAE trained on a transformer block, e.g. minicanvas_objects_saemnesia.safetensors.")

@@ -202,6 +202,7 @@ def erase_concept_sd15_saeuron() -> dict:
 DEMO_UNET = "demo_unet.safetensors"
 OBJECTS_SAE = "minicanvas_objects_saemnesia.safetensors"
 STYLES_SAE = "minicanvas_styles_saemnesia.safetensors"
+CONTEXT_SAE = "minicanvas_context_saemnesia.safetensors"  # text states: objects and styles, every block
 OBJECTS_SAE_SAEURON = "minicanvas_objects_saeuron.safetensors"
 STYLES_SAE_SAEURON = "minicanvas_styles_saeuron.safetensors"
 OBJECTS = "circle, square, triangle, cross, star, heart"
@@ -279,17 +280,19 @@ ERASE_ONE_NOTE = (
     "It runs offline on a CPU in seconds; its 32x32 pictures are enlarged 4x (nearest) only to be seen.\n\n"
     "Both KSamplers use the same prompt, seeds and settings (DDIM, 25 steps, CFG 4, a batch of 4): "
     "Before samples the model as it is, After the model patched by Erase Concepts, which erases 'star' with the "
-    "shipped objects SAE (SAEmnesia: one latent per concept; mode 'auto' uses the SAE's own method).\n\n"
-    "Try: another object in 'concepts' (the 'add concept' picker lists the SAE's concepts), strength 0.5 or 2, "
-    "another prompt, or the SAeUron SAE minicanvas_objects_saeuron.safetensors in Load SAE. For a style, load "
-    "minicanvas_styles_saemnesia.safetensors and erase e.g. 'stripes'."
+    "shipped text-state SAE: one SAE on what every cross-attention of the model reads, for objects and styles "
+    "alike. SAEmnesia: one latent per concept, one calibrated multiplier; the star's activation goes to its "
+    "nearest concept (its anchor), so a neighbouring shape is drawn in the same style.\n\n"
+    "Try: 'stripes' (a style), 'star, stripes', 'star -> heart' (choose the anchor), 'star ->' (no anchor), "
+    "strength 0.5, another prompt; or the one-block SAEs minicanvas_objects_saemnesia / "
+    "minicanvas_styles_saemnesia.safetensors in Load SAE to compare."
 )
 
 
 def erase_one_concept_minicanvas() -> dict:
     g = UIGraph()
     loader, pos, neg, latent = _demo_base(g, [("prompt", "a star in stripes style")], BATCH)
-    sae = _load_sae(g, 300, OBJECTS_SAE, "objects")
+    sae = _load_sae(g, 300, CONTEXT_SAE, "text states")
     erase = _erase(g, (MID, 280), "star", "Erase Concepts: star", (loader, 0), (sae, 0))
     g.note((LEFT, 580), (770, 240), ERASE_ONE_NOTE)
     for c, (title, model, tag) in enumerate((("Before", (loader, 0), "before"),
@@ -303,9 +306,10 @@ ERASE_SEVERAL_NOTE = (
     "SAEmnesia on the MiniCanvas demo model: erase several concepts at once\n\n"
     "Two prompts (rows) and three models (columns), the same seeds everywhere:\n"
     "- Before: the model as it is.\n"
-    "- After A: ONE Erase Concepts node with the objects SAE and 'star, heart': both objects go at once.\n"
-    "- After B: TWO chained Erase Concepts nodes, each with its own SAE: 'star' with the objects SAE, then "
-    "'stripes' with the styles SAE. Erase nodes stack like any model patch.\n"
+    "- After A: ONE Erase Concepts node, 'star, heart': both objects go at once.\n"
+    "- After B: TWO chained Erase Concepts nodes: 'star', then 'stripes'. Erase nodes stack like any "
+    "model patch.\n"
+    "All three use the shipped text-state SAE (objects and styles in one SAE).\n"
     "In column B the heart in dots is neither erased concept, so it should stay as it was. "
     "(Pictures enlarged 4x to be seen.)\n\n"
     "The concept names come from each SAE's index: objects circle, square, triangle, cross, star, heart; "
@@ -318,11 +322,10 @@ def erase_several_concepts_minicanvas() -> dict:
     rows = [("prompt 1", "a star in stripes style", "star in stripes"),
             ("prompt 2", "a heart in dots style", "heart in dots")]
     loader, pos, neg, latent = _demo_base(g, [r[:2] for r in rows], 2)
-    objects = _load_sae(g, 300, OBJECTS_SAE, "objects")
-    styles = _load_sae(g, 410, STYLES_SAE, "styles")
-    erase_a = _erase(g, (MID, 420), "star, heart", "A: erase star + heart (one node)", (loader, 0), (objects, 0))
-    erase_b1 = _erase(g, (MID, 700), "star", "B1: erase star (objects SAE)", (loader, 0), (objects, 0))
-    erase_b2 = _erase(g, (MID, 980), "stripes", "B2: then erase stripes (styles SAE)", (erase_b1, 0), (styles, 0))
+    sae = _load_sae(g, 300, CONTEXT_SAE, "text states")
+    erase_a = _erase(g, (MID, 420), "star, heart", "A: erase star + heart (one node)", (loader, 0), (sae, 0))
+    erase_b1 = _erase(g, (MID, 700), "star", "B1: erase star", (loader, 0), (sae, 0))
+    erase_b2 = _erase(g, (MID, 980), "stripes", "B2: then erase stripes", (erase_b1, 0), (sae, 0))
     g.note((LEFT, 540), (340, 690), ERASE_SEVERAL_NOTE)
     columns = [("Before", (loader, 0), "before", BEFORE_COLOR),
                ("After A (star, heart erased)", (erase_a, 0), "after_a", AFTER_COLOR),
@@ -371,14 +374,16 @@ def inspect_neuron_minicanvas() -> dict:
 
 TRAIN_NOTE = (
     "SAEmnesia on the MiniCanvas demo model: train an SAE, then erase with it\n\n"
-    "Train SAE from Prompts samples the 36 prompts 'a {object} in {style} style' (6 objects x 6 styles, one "
-    "seed each), records one transformer block's output at every step, trains a small SAEmnesia-supervised TopK "
-    "SAE (one latent per concept) and saves it as models/sae/minicanvas_trained.safetensors. Overwrite is on, "
-    "so queueing again replaces it; Cancel keeps the last checkpoint and the next run resumes from it. About "
-    "1-3 minutes on a CPU; the curve on the node shows the training loss.\n\n"
-    "Its SAE goes straight into Erase Concepts ('star'), so the After images use the SAE just trained. This "
-    "quick SAE is smaller and shorter-trained than the shipped ones, so expect a weaker erasure than with "
-    "minicanvas_objects_saemnesia.safetensors; more train_steps, expansion or seeds_per_prompt help."
+    "Train SAE from Prompts encodes the 36 prompts 'a {object} in {style} style' (6 objects x 6 styles), "
+    "records their text states (hook_point 'context': what every cross-attention of the model reads), trains a "
+    "small SAEmnesia-supervised TopK SAE (one latent per concept) and saves it as "
+    "models/sae/minicanvas_trained.safetensors. Overwrite is on, so queueing again replaces it; Cancel keeps the "
+    "last checkpoint and the next run resumes from it. Well under a minute on a CPU: text states need no "
+    "sampling. Put a block name (e.g. output_blocks.3.1), or several comma separated, in hook_point to train on "
+    "what the model draws instead (minutes: every prompt is sampled).\n\n"
+    "Its SAE goes straight into Erase Concepts ('star'), so the After images use the SAE just trained. It is "
+    "uncalibrated (its multiplier is the default -1.5) and saw one wording per prompt, so expect a weaker "
+    "erasure than with the shipped minicanvas_context_saemnesia.safetensors."
 )
 
 
@@ -387,9 +392,9 @@ def train_then_erase_minicanvas() -> dict:
     loader, pos, neg, latent = _demo_base(g, [("prompt", "a star in stripes style")], BATCH)
     g.note((LEFT, 300), (340, 560), TRAIN_NOTE)
     train = g.add("SAEmnesiaTrainSAEFromPrompts", (MID, 280), (400, 800),
-                  ["minicanvas_trained", OBJECTS, STYLES, "a {object} in {style} style", "", "auto",
-                   STEPS, CFG, SAMPLER, SCHEDULER, 1, 0, "fixed", 8, 16, 600, 1024, 0.001, True, True],
-                  title="Train SAE from Prompts (1-3 min on a CPU)",
+                  ["minicanvas_trained", OBJECTS, STYLES, "a {object} in {style} style", "", "context",
+                   STEPS, CFG, SAMPLER, SCHEDULER, 1, 0, "fixed", 4, 16, 600, 512, 0.001, True, True],
+                  title="Train SAE from Prompts (under a minute on a CPU)",
                   links={"model": (loader, 0), "clip": (loader, 1), "latent": (latent, 0)})
     erase = _erase(g, (COLUMN, 20), "star", "Erase Concepts: star", (loader, 0), (train, 0), width=WIDE)
     g.add("PreviewAny", (COLUMN, 300), (WIDE, 300), title="Training report", links={"source": (train, 1)})
