@@ -90,7 +90,10 @@ def test_merged_worker_results_have_both_kinds():
                                "results": {"saemnesia": [{}] if kind == "objects" else []}},
                 "paraphrases": {"UA": {"none": {"targets": {t: 0.0 for t in targets},
                                                 "objects": 1.0 if kind == "objects" else None,
-                                                "styles": 2.0 if kind == "styles" else None}}},
+                                                "styles": 2.0 if kind == "styles" else None}},
+                                "results": {"none": {"targets": {t: {"UA": 10.0, "UA_drawn": 20.0, "drawn": 3,
+                                                                     "IRA": 90.0, "CRA": 80.0, "avg": 60.0}
+                                                                 for t in targets}}}},
                 "run": {"images": 10, "sampling_seconds": 1.0, "seconds": 2.0}, "demo_model": {}}
     out = merge([part(data.OBJECTS, "objects"), part(data.STYLES, "styles")])
     assert set(out["methods"]["none"]["targets"]) == set(data.OBJECTS + data.STYLES)
@@ -101,6 +104,19 @@ def test_merged_worker_results_have_both_kinds():
     assert out["sequential"]["order"] == list(data.OBJECTS) and out["sequential"]["results"]["saemnesia"]
     assert out["paraphrases"]["UA"]["none"]["objects"] == 1.0 and out["paraphrases"]["UA"]["none"]["styles"] == 2.0
     assert out["run"]["images"] == 20
+    para = out["paraphrases"]["results"]["none"]["summary"]
+    assert para["objects"]["UA_drawn"] == 20.0 and para["styles"]["drawn"] == 18
+
+
+def test_drawn_and_removed_counts_only_pictures_whose_twin_showed_the_target():
+    """Paraphrase UA: a reworded prompt the unedited model did not draw is no test of erasure."""
+    star = data.OBJECTS.index("star")
+    # the erased model draws a circle for every star prompt but one (style 0)
+    a = answers(lambda o, s: torch.where((o == star) & (s > 0), torch.zeros_like(o), o), lambda o, s: s)
+    drawn = (a.objs == star) & (a.styles < 3)  # the unedited twins showed a star for styles 0-2 only
+    m = a.drawn_metrics(["star"], drawn)
+    assert m["drawn"] == 3 and round(m["UA_drawn"], 2) == 66.67  # 2 of the 3 drawn stars are gone
+    assert a.metrics(["star"])["UA"] == round(100 * 5 / 6, 2)  # plain UA counts all six
 
 
 def test_denoising_error_flags_colour_blotches_but_not_a_moved_shape():

@@ -11,7 +11,9 @@ outputs with what those blocks output
 at single blocks, at sets of blocks and at all seven. Two text-side rows edit what every
 cross-attention reads: ``tokens`` swaps the concept word's token states for the empty prompt's
 states at the same positions (a K/V swap of the concept token in every attn2), ``context``
-swaps the whole text for the dropped-word prompt's (= prompting without the concept).
+swaps the whole text for the dropped-word prompt's (= prompting without the concept), and
+``anchor`` for the prompt with the concept's word replaced by its anchor's (the shipped text
+SAE's anchors: what its anchored erasure aims at).
 
 Scored as the benchmark scores (v4: a broken picture fails UA and CRA), on the target's prompts
 x seeds: UA, CRA on those pictures, and ``avg`` = the benchmark's mean of UA, IRA, CRA if the
@@ -22,6 +24,7 @@ other 30 prompts stay as the unedited model draws them (the oracle touches only 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -30,6 +33,8 @@ from ..fileio import save_json_atomic
 from . import data
 from .bench import Bench, kind_of
 
+ANCHOR_SAE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "models", "sae", "minicanvas_context_saemnesia.safetensors")
 SETS = {
     "down (16x16 + 8x8)": ["input_blocks.3.1", "input_blocks.5.1"],
     "mid (8x8)": ["middle_block.1"],
@@ -47,8 +52,9 @@ def dropped(o: int, s: int, target: str) -> str:
 class Oracle:
     """Sampling with oracle swaps of block outputs or text states (see the module docstring)."""
 
-    def __init__(self, bench: Bench):
+    def __init__(self, bench: Bench, anchors: dict | None = None):
         self.bench = bench
+        self.anchors = anchors or {}
         self.unet = bench.unet
         self.blocks = bench.blocks
 
@@ -77,6 +83,8 @@ class Oracle:
                     cond[i, j] = empty[j]
         elif kind == "context":
             cond = alt
+        elif kind == "anchor":
+            cond = b.text([p.replace(f" {target} ", f" {self.anchors[target]} ") for p in prompts])
         record: dict[str, torch.Tensor] = {}
         mode = {"m": "pass"}
         n = len(prompts)
@@ -176,12 +184,18 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/results/ceilings.json")
     args = ap.parse_args(argv)
     bench = Bench(threads=args.threads, steps=args.steps)
-    oracle = Oracle(bench)
+    anchors = {}
+    if os.path.isfile(ANCHOR_SAE):
+        from ..checkpoint import load_sae
+        anchors = {c.name: c.anchor for c in load_sae(ANCHOR_SAE).index.concepts.values() if c.anchor}
+    oracle = Oracle(bench, anchors)
     seeds = list(range(args.seeds))
     targets = args.targets or list(data.OBJECTS) + list(data.STYLES)
     base = Baseline(bench.answer_set(seeds))
     t0 = time.perf_counter()
     plan = [("context", "all (text)", ()), ("tokens", "all (text)", ())]
+    if anchors:
+        plan.insert(1, ("anchor", "all (text)", ()))
     plan += [("uncond", "all 7 blocks", tuple(bench.blocks)), ("without", "all 7 blocks", tuple(bench.blocks))]
     for name, bl in SETS.items():
         plan += [("uncond", name, tuple(bl)), ("without", name, tuple(bl))]
