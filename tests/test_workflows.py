@@ -79,7 +79,7 @@ def test_minicanvas_workflows_run_unmodified_on_the_demo_model(name):
         assert (k["sampler_name"], k["scheduler"], k["steps"], k["cfg"], k["denoise"]) == \
                (wf.SAMPLER, wf.SCHEDULER, wf.STEPS, wf.CFG, 1)
         assert k["seed"] == wf.SEED
-    shipped = {wf.OBJECTS_SAE, wf.STYLES_SAE, wf.OBJECTS_SAE_SAEURON, wf.STYLES_SAE_SAEURON}
+    shipped = {wf.OBJECTS_SAE, wf.STYLES_SAE, wf.OBJECTS_SAE_SAEURON, wf.STYLES_SAE_SAEURON, wf.CONTEXT_SAE}
     assert {s["sae_name"] for s in by_type.get("SAEmnesiaLoadSAE", [])} <= shipped
     assert "SAEmnesiaLoadSAE" in by_type or "SAEmnesiaTrainSAEFromPrompts" in by_type
     notes = [n for n in ui["nodes"] if n["type"] == "Note"]
