@@ -165,20 +165,50 @@ def minicanvas(d):
             + "\n\n![MiniCanvas benchmark](benchmarks/results/minicanvas.png)")
 
 
-def main():
-    readme = os.path.join(REPO, "README.md")
-    with open(readme, encoding="utf-8") as f:
+SWAPS = {"context": "prompt without the concept's word, as every cross-attention reads it",
+         "anchor": "prompt with the concept's word replaced by its anchor's",
+         "tokens": "the concept word's token states replaced by the empty prompt's (K/V of every attn2)",
+         "uncond": "cond half of the block outputs replaced by the uncond half",
+         "without": "cond half of the block outputs replaced by those of the prompt without the concept's word"}
+
+
+def ceilings(d):
+    s = d["settings"]
+    rows = ["| swap | where | objects UA | CRA (target prompts) | broken | **avg** | styles UA | CRA (target prompts) | broken | **avg** |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        cells = []
+        for kind in ("objects", "styles"):
+            v = r.get(kind, {})
+            cells += [_v(v.get("UA")), _v(v.get("CRA_target_prompts")), _v(v.get("broken")), f"**{_v(v.get('avg'))}**"]
+        rows.append(f"| {r['swap']} | {r['where']} | " + " | ".join(cells) + " |")
+    legend = "; ".join(f"`{k}`: {v}" for k, v in SWAPS.items() if any(r["swap"] == k for r in d["rows"]))
+    run = d.get("run", {})
+    return (f"Oracle swaps on the target's own prompts only (seeds {s['seeds']}, {s['steps']} DDIM steps, CFG {s['cfg']}); "
+            f"avg = the benchmark's mean of UA, IRA and CRA with the other 30 prompts left as the unedited model draws "
+            f"them; broken = scoring v4. {legend}."
+            + (f" Run: {run['images']} images, {run['seconds']:.0f} s, {run['date']}." if run else "")
+            + "\n\n" + "\n".join(rows))
+
+
+def _fill(path, jobs):
+    with open(path, encoding="utf-8") as f:
         text = f.read()
-    for name, fn in (("overhead", overhead), ("training", training), ("minicanvas", minicanvas)):
-        path = os.path.join(RESULTS, f"{name}.json")
-        if not os.path.isfile(path):
+    for name, fn in jobs:
+        src = os.path.join(RESULTS, f"{name}.json")
+        if not os.path.isfile(src):
             continue
-        with open(path) as f:
+        with open(src) as f:
             table = fn(json.load(f))
         pat = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
         text = pat.sub(lambda m: m.group(1) + table + m.group(2), text)
-    with open(readme, "w", encoding="utf-8") as f:
+    with open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def main():
+    _fill(os.path.join(REPO, "README.md"), (("overhead", overhead), ("training", training), ("minicanvas", minicanvas)))
+    _fill(os.path.join(REPO, "docs", "minicanvas.md"), (("ceilings", ceilings),))
 
 
 if __name__ == "__main__":

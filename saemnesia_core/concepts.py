@@ -334,15 +334,28 @@ def supervised_index(stats: ConceptStats, assignment: dict[str, int], default_mu
 
 
 def assign_anchors(index: ConceptIndex, W_dec: torch.Tensor) -> ConceptIndex:
-    """Give every concept with a latent the nearest other concept of its kind as anchor: the
-    one whose decoder direction is most alike (cosine), i.e. the smallest change of the
-    activations that still names another concept. One rule for all, no search per concept."""
+    """Give every concept with a latent an anchor: another concept of its kind whose decoder
+    direction is alike (cosine), i.e. a small change of the activations that still names a
+    concept. Pairs are taken most-alike first and each concept anchors at most one other, so no
+    single concept (a "hub" such as a busy texture) receives every erased concept of its kind.
+    One rule for all, no search per concept."""
     with_latent = [c for c in index.concepts.values() if c.latent is not None]
     for c in with_latent:
-        peers = [o for o in with_latent if o.kind == c.kind and o.name != c.name]
-        if not peers:
-            c.anchor = None
+        c.anchor = None
+    for kind in dict.fromkeys(c.kind for c in with_latent):
+        members = [c for c in with_latent if c.kind == kind]
+        if len(members) < 2:
             continue
-        d = torch.nn.functional.normalize(W_dec[[c.latent] + [o.latent for o in peers]].float(), dim=1)
-        c.anchor = peers[int((d[1:] @ d[0]).argmax())].name
+        d = torch.nn.functional.normalize(W_dec[[c.latent for c in members]].float(), dim=1)
+        sim = d @ d.T
+        pairs = sorted(((float(sim[i, j]), i, j) for i in range(len(members)) for j in range(len(members)) if i != j),
+                       reverse=True)
+        used = set()
+        for _, i, j in pairs:
+            if members[i].anchor is None and j not in used:
+                members[i].anchor = members[j].name
+                used.add(j)
+        for i, c in enumerate(members):  # every other concept already anchors one: the nearest after all
+            if c.anchor is None:
+                c.anchor = members[int(sim[i].index_fill(0, torch.tensor([i]), -2.0).argmax())].name
     return index

@@ -107,8 +107,20 @@ def test_anchors_are_the_nearest_concept_of_the_same_kind():
     assign_anchors(idx, W)
     assert idx.get("star").anchor == "cross"
     assert idx.get("stripes").anchor == "dots"
+    assert idx.get("cross").anchor == "star"
+    assert idx.get("heart").anchor == "cross"  # star and cross anchor each other: heart takes its nearest anyway
     back = ConceptIndex.from_json(json.loads(json.dumps(idx.to_json())))
     assert back.get("star").anchor == "cross"
+
+
+def test_no_concept_becomes_the_anchor_of_every_other():
+    """A hub (one direction near all others) anchors at most one concept while others are free."""
+    W = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]])
+    idx = supervised_index({"checker": "style", "solid": "style", "stripes": "style", "dots": "style"},
+                           {"checker": 0, "solid": 1, "stripes": 2, "dots": 3})
+    assign_anchors(idx, W)
+    anchors = [idx.get(n).anchor for n in ("solid", "stripes", "dots")]
+    assert anchors.count("checker") == 1 and all(a is not None for a in anchors)
 
 
 def test_eraser_uses_the_index_anchor_unless_the_spec_names_another_or_none():
