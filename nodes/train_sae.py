@@ -177,7 +177,7 @@ class TrainSAEFromPrompts(io.ComfyNode):
                                             dead_tokens=max(batch * 50, min(10_000_000, store.n_tokens * 4)),
                                             checkpoint_every=max(20, train_steps // 20))
                     # the folder is keyed by the settings: a checkpoint found there is this run's, so it resumes
-                    sae, index, record = train_sae(store, cfg_train, os.path.join(run_dir, "train", hook), progress,
+                    sae, index, record = train_sae(store, cfg_train, _member_dir(run_dir, "train", hook, hooks), progress,
                                                    should_cancel)
                     record.update(hook_point=hook, sampler=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg)
                     members.append((sae, SAEInfo(hook, family, index, record, out_path)))
@@ -275,16 +275,19 @@ def _collect(model, clip, prompts, widths: dict[str, int], samples, settings, ru
     Reuses a finished collection of this run (so a cancelled training resumes)."""
     act_root = os.path.join(run_dir, "activations")
     stamp = os.path.join(run_dir, "collect.json")
-    if os.path.isfile(stamp) and all(os.path.isfile(os.path.join(act_root, h, INDEX)) for h in widths):
+    hooks = list(widths)
+    if os.path.isfile(stamp) and all(os.path.isfile(os.path.join(_member_dir(run_dir, "activations", h, hooks), INDEX))
+                                     for h in widths):
         with open(stamp, encoding="utf-8") as f:
             if json.load(f) == json.loads(json.dumps(settings)):
                 on_reuse()
-                return {h: ActivationStore(os.path.join(act_root, h)) for h in widths}
+                return {h: ActivationStore(_member_dir(run_dir, "activations", h, hooks)) for h in widths}
     # an interrupted collection: only its partial activations go (a training checkpoint, which
     # needs a finished collection, cannot exist yet in this folder)
     shutil.rmtree(act_root, ignore_errors=True)
     blocks = [h for h in widths if h != CONTEXT]
-    writers = {h: ActivationWriter(os.path.join(act_root, h), widths[h], prompts, hook_point=h) for h in blocks}
+    writers = {h: ActivationWriter(_member_dir(run_dir, "activations", h, hooks), widths[h], prompts, hook_point=h)
+               for h in blocks}
     current = {"prompt": 0}
 
     def sink(hook):
@@ -293,7 +296,8 @@ def _collect(model, clip, prompts, widths: dict[str, int], samples, settings, ru
     empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))
     if CONTEXT in widths:
         text_prompts = list(prompts) + [LabelledPrompt("", {})]
-        writers[CONTEXT] = ActivationWriter(os.path.join(act_root, CONTEXT), widths[CONTEXT], text_prompts, hook_point=CONTEXT)
+        writers[CONTEXT] = ActivationWriter(_member_dir(run_dir, "activations", CONTEXT, hooks), widths[CONTEXT],
+                                            text_prompts, hook_point=CONTEXT)
 
     def check_interrupt(*_):
         comfy.model_management.throw_exception_if_processing_interrupted()
@@ -317,6 +321,12 @@ def _collect(model, clip, prompts, widths: dict[str, int], samples, settings, ru
     stores = {h: w.close() for h, w in writers.items()}
     save_json_atomic(settings, stamp)
     return stores
+
+
+def _member_dir(run_dir: str, part: str, hook: str, hooks: list[str]) -> str:
+    """run/<part> for a one-SAE run (the layout runs of earlier versions resume from);
+    run/<part>/<hook point> for each member of a set."""
+    return os.path.join(run_dir, part) if len(hooks) == 1 else os.path.join(run_dir, part, hook)
 
 
 def _text_states(cond) -> torch.Tensor:
