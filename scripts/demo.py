@@ -123,7 +123,9 @@ def main():
         for concept, kind in zip(concepts, kinds):
             report["runs"].append(run_one(server, base, concept, kind, args))
         save_json_atomic(report, os.path.join(args.out, "report.json"))
-        print(f"[demo] before/after images in {args.out}/<concept>/, summary in {args.out}/report.json")
+        contact_sheet(report["runs"], os.path.join(args.out, "before_after.png"))
+        print(f"[demo] before/after images in {args.out}/<concept>/ and {args.out}/before_after.png, "
+              f"summary in {args.out}/report.json")
         if args.serve:
             print(f"[demo] ComfyUI is running at {server.url} (Ctrl-C to stop)")
             while True:
@@ -132,6 +134,20 @@ def main():
         pass
     finally:
         server.stop()
+
+
+def contact_sheet(runs: list[dict], path: str):
+    """One picture of every run: its before row above its after row (docs/images shows one)."""
+    from PIL import Image
+    rows = [[Image.open(p).convert("RGB") for p in run["images"][tag]] for run in runs for tag in ("before", "after")]
+    w, h = rows[0][0].size
+    sheet = Image.new("RGB", (max(len(r) for r in rows) * (w + 4), len(rows) * (h + 6)), "white")
+    for y, row in enumerate(rows):
+        for x, im in enumerate(row):
+            sheet.paste(im, (x * (w + 4), y * (h + 6)))
+    tmp = path + ".tmp.png"
+    sheet.save(tmp)
+    os.replace(tmp, path)
 
 
 def run_one(server, base, concept, kind, args) -> dict:
