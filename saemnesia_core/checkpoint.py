@@ -67,8 +67,9 @@ class LoadedSAE:
     def describe(self) -> str:
         s = self.sae
         if len(self.blocks) > 1:
-            return (f"SAE set on {len(self.blocks)} blocks ({', '.join(self.hook_points)}; {self.info.model_family}): "
-                    f"d_in {s.d_in}, {s.n_latents} latents, k {s.k} each; {self.index.summary()}")
+            parts = "; ".join(f"{m.info.hook_point}: d_in {m.sae.d_in}, {m.sae.n_latents} latents, k {m.sae.k}"
+                              for m in self.blocks)
+            return f"SAE set on {len(self.blocks)} hook points ({self.info.model_family}) - {parts}; {self.index.summary()}"
         return (f"SAE on {self.info.hook_point} ({self.info.model_family}): d_in {s.d_in}, "
                 f"{s.n_latents} latents, k {s.k}; {self.index.summary()}")
 

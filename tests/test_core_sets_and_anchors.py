@@ -35,7 +35,7 @@ def test_set_roundtrip_keeps_every_member_and_its_own_index(tmp_path):
     assert loaded.blocks[0].sae.reserved.tolist() == [3, 5]
     assert loaded.blocks[1].index.get("star").latent == 40  # each member keeps its own latent numbers
     assert loaded.info.training == {"note": "one collection"}
-    assert "2 blocks" in loaded.describe()
+    assert "2 hook points" in loaded.describe() and "output_blocks.3.1: d_in 16, 64 latents, k 8" in loaded.describe()
 
 
 def test_one_member_set_is_a_plain_v1_file_and_v1_files_load_as_one_block(tmp_path):
