@@ -149,13 +149,17 @@ def patch_block_outputs(model, edits: dict[str, BlockEdit]):
     return m
 
 
+def _step_info(opts: dict, model_sampling) -> dict:
+    """What an edit is told about the current step: sigma, the model's timestep (0..999), the options."""
+    sigma = current_sigma(opts)
+    timestep = float(model_sampling.timestep(torch.tensor(sigma))) if sigma is not None else 0.0
+    return {"sigma": sigma, "timestep": timestep, "transformer_options": opts}
+
+
 def _wrapped(inner, edit: BlockEdit, model_sampling):
     def forward(*args, **kwargs):
         out = inner(*args, **kwargs)
-        opts = _transformer_options(args, kwargs)
-        sigma = current_sigma(opts)
-        timestep = float(model_sampling.timestep(torch.tensor(sigma))) if sigma is not None else 0.0
-        return edit(out, {"sigma": sigma, "timestep": timestep, "transformer_options": opts})
+        return edit(out, _step_info(_transformer_options(args, kwargs), model_sampling))
     return forward
 
 
@@ -194,10 +198,7 @@ def _context_patch(edit: BlockEdit, model_sampling):
 
     def patch(n, context, value, extra_options):
         if context is not last["in"]:
-            sigma = current_sigma(extra_options)
-            timestep = float(model_sampling.timestep(torch.tensor(sigma))) if sigma is not None else 0.0
-            last["in"], last["out"] = context, edit(context, {"sigma": sigma, "timestep": timestep,
-                                                              "transformer_options": extra_options})
+            last["in"], last["out"] = context, edit(context, _step_info(extra_options, model_sampling))
         out = last["out"]
         return n, out, (out if value is context else value)
 

@@ -138,16 +138,15 @@ def load_sae(path: str, device="cpu") -> LoadedSAE:
         raise SAEFileError(f"{label}: model_family must be text and training a JSON object; the file is damaged. "
                            "Re-create it.")
     if version < 2:
-        _check_sizes(record, label)
-        return _member(_load_tensors(path), record, "", label, path, family, training, device)
+        sizes = _check_sizes(record, label)
+        return _member(_load_tensors(path), record, sizes, "", label, path, family, training, device)
     parts = record.get("blocks")
     if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) for p in parts):
         raise SAEFileError(f"{label}: an SAE set file must list its blocks as JSON objects; the file is damaged. "
                            "Re-create it.")
-    for i, part in enumerate(parts):
-        _check_sizes(part, f"{label} block {i}")
+    sizes = [_check_sizes(part, f"{label} block {i}") for i, part in enumerate(parts)]
     tensors = _load_tensors(path)
-    members = [_member(tensors, part, f"blocks.{i}.", f"{label} block {i}", path, family, training, device)
+    members = [_member(tensors, part, sizes[i], f"blocks.{i}.", f"{label} block {i}", path, family, training, device)
                for i, part in enumerate(parts)]
     hooks = [m.info.hook_point for m in members]
     if len(set(hooks)) != len(hooks):
@@ -155,23 +154,24 @@ def load_sae(path: str, device="cpu") -> LoadedSAE:
     return LoadedSAE(members[0].sae, members[0].info, members)
 
 
-def _check_sizes(record: dict, label: str):
-    """k and sizes of one SAE's record, checked before any weight is read: a bad k would
-    otherwise surface only when sampling."""
-    k = _whole(record.get("k"), "k", label)
-    sizes = {key: _whole(record[key], key, label) for key in ("d_in", "n_latents") if key in record}
-    if sizes.get("n_latents") is not None and not 0 < k <= sizes["n_latents"]:
-        raise SAEFileError(f"{label}: k={k} is not between 1 and the number of latents ({sizes['n_latents']}); "
-                           "the file is damaged. Re-create it.")
+def _check_sizes(record: dict, label: str) -> dict:
+    """k and sizes of one SAE's record ({"k", and "d_in"/"n_latents" where given}), checked
+    before any weight is read: a bad k would otherwise surface only when sampling."""
+    sizes = {"k": _whole(record.get("k"), "k", label)}
+    sizes.update({key: _whole(record[key], key, label) for key in ("d_in", "n_latents") if key in record})
+    if sizes.get("n_latents") is not None and not 0 < sizes["k"] <= sizes["n_latents"]:
+        raise SAEFileError(f"{label}: k={sizes['k']} is not between 1 and the number of latents "
+                           f"({sizes['n_latents']}); the file is damaged. Re-create it.")
+    return sizes
 
 
-def _member(tensors, record: dict, prefix: str, label: str, path: str, family, training, device) -> LoadedSAE:
-    """One SAE of a file: its tensors (under `prefix`) and its part of the metadata record."""
-    k = _whole(record.get("k"), "k", label)
-    sizes = {key: _whole(record[key], key, label) for key in ("d_in", "n_latents") if key in record}
-    sae = _build(tensors, {n: prefix + n for n in ("W_enc", "b_enc", "W_dec", "b_dec")}, k, label, device)
+def _member(tensors, record: dict, sizes: dict, prefix: str, label: str, path: str, family, training,
+            device) -> LoadedSAE:
+    """One SAE of a file: its tensors (under `prefix`) and its part of the metadata record, whose
+    sizes _check_sizes has read."""
+    sae = _build(tensors, {n: prefix + n for n in ("W_enc", "b_enc", "W_dec", "b_dec")}, sizes["k"], label, device)
     for key, value in sizes.items():
-        if value != getattr(sae, key):
+        if key != "k" and value != getattr(sae, key):
             raise SAEFileError(f"{label}: metadata says {key}={value} but the weights have "
                                f"{getattr(sae, key)}; the file is inconsistent. Re-create it.")
     reserved = record.get("reserved_latents", [])

@@ -118,10 +118,12 @@ class ConceptEraser:
     def _target(self, index: ConceptIndex, bucket: int, multiplier: float | None) -> erasure.ErasureTarget:
         chosen: dict[int, tuple[float, float, float]] = {}
         anchors: dict[int, int] = {}
-        resolved = [(full, *split_anchor(full)) for full in self.concepts]
-        erased = {c.name for c in (resolve_spec(index, s) for _, s, _ in resolved) if not isinstance(c, int)}
-        for full, spec, anchor in resolved:
-            c = resolve_spec(index, spec)
+        resolved = []  # (the entry as typed, its name or latent, its concept or latent index, anchor given)
+        for full in self.concepts:
+            spec, anchor = split_anchor(full)
+            resolved.append((full, spec, resolve_spec(index, spec), anchor))
+        erased = {c.name for _, _, c, _ in resolved if not isinstance(c, int)}
+        for full, spec, c, anchor in resolved:
             if isinstance(c, int):
                 n = c
                 if not 0 <= n < self.sae.n_latents:

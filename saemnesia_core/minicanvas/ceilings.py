@@ -29,9 +29,12 @@ import time
 
 import torch
 
+from ..checkpoint import load_sae
 from ..fileio import save_json_atomic
 from . import data
-from .bench import Bench, kind_of
+from .bench import DENOISE_MARGIN, NOISE_MARGIN, Bench, kind_of
+from .sampling import ddim_sample
+from .text_encoder import get_text_encoder
 
 ANCHOR_SAE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                           "models", "sae", "minicanvas_context_saemnesia.safetensors")
@@ -59,7 +62,6 @@ class Oracle:
         self.blocks = bench.blocks
 
     def _positions(self, prompt: str, word: str) -> list[int]:
-        from .text_encoder import get_text_encoder
         tok = get_text_encoder().tokenizer
         ids = tok(prompt, padding="max_length", max_length=16, truncation=True)["input_ids"]
         wid = tok(word, add_special_tokens=False)["input_ids"]
@@ -116,7 +118,6 @@ class Oracle:
             out = self.unet(x, t, encoder_hidden_states=ctx).sample
             mode["m"] = "pass"
             return out
-        from .sampling import ddim_sample
         try:
             imgs = ddim_sample(eps, cond, b.text([""]), steps=b.steps, cfg=b.cfg, seeds=seeds)
         finally:
@@ -138,7 +139,6 @@ def evaluate(bench: Bench, oracle: Oracle, kind: str, blocks, targets, seeds, ba
         sds = [sd for _, _, sd in rows]
         imgs = oracle.sample(prompts, sds, t, kind, blocks)
         rise = bench.quality(imgs) - bench.unedited_quality(prompts, sds)
-        from .bench import DENOISE_MARGIN, NOISE_MARGIN
         broken = (rise[:, 0] > NOISE_MARGIN) | (rise[:, 1] > DENOISE_MARGIN)
         a = bench.judge(imgs, [o for o, _, _ in rows], [s for _, s, _ in rows], broken)
         m = a.metrics([t])  # IRA is nan (only the target's prompts); CRA on these pictures
@@ -186,7 +186,6 @@ def main(argv=None):
     bench = Bench(threads=args.threads, steps=args.steps)
     anchors = {}
     if os.path.isfile(ANCHOR_SAE):
-        from ..checkpoint import load_sae
         anchors = {c.name: c.anchor for c in load_sae(ANCHOR_SAE).index.concepts.values() if c.anchor}
     oracle = Oracle(bench, anchors)
     seeds = list(range(args.seeds))
