@@ -31,6 +31,7 @@ _MAX_HEADER = 100 * 1024 * 1024
 # The hook point of an SAE on the text conditioning itself: the token states that every
 # cross-attention of every transformer block reads (keys and values), rather than one block's output.
 CONTEXT = "context"
+STATES = "concept_states"  # [concepts, timestep buckets, d_in]: each concept's mean SAE input
 
 
 @dataclass
@@ -74,19 +75,30 @@ class LoadedSAE:
                 f"{s.n_latents} latents, k {s.k}; {self.index.summary()}")
 
 
+def _with_state(info: SAEInfo) -> list[str]:
+    return [n for n, c in info.concept_index.concepts.items() if c.state is not None]
+
+
 def _member_record(sae: TopKSAE, info: SAEInfo) -> dict:
-    return {"hook_point": info.hook_point, "d_in": sae.d_in, "n_latents": sae.n_latents, "k": sae.k,
-            "reserved_latents": sae.reserved.tolist(), "concept_index": info.concept_index.to_json()}
+    record = {"hook_point": info.hook_point, "d_in": sae.d_in, "n_latents": sae.n_latents, "k": sae.k,
+              "reserved_latents": sae.reserved.tolist(), "concept_index": info.concept_index.to_json()}
+    if _with_state(info):
+        record["concept_states"] = _with_state(info)  # rows of the concept_states tensor, in order
+    return record
 
 
-def _tensors_of(sae: TopKSAE, prefix: str = "") -> dict:
-    return {prefix + n: getattr(sae, n) for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
+def _tensors_of(sae: TopKSAE, info: SAEInfo, prefix: str = "") -> dict:
+    tensors = {prefix + n: getattr(sae, n) for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    if _with_state(info):
+        concepts = info.concept_index.concepts
+        tensors[prefix + STATES] = torch.stack([concepts[n].state.float() for n in _with_state(info)])
+    return tensors
 
 
 def save_sae(path: str, sae: TopKSAE, info: SAEInfo):
     record = {"format": FORMAT, "format_version": 1, "model_family": info.model_family,
               **_member_record(sae, info), "training": info.training}
-    save_safetensors_atomic(_tensors_of(sae), path, metadata={"format": FORMAT, "saemnesia": json.dumps(record)})
+    save_safetensors_atomic(_tensors_of(sae, info), path, metadata={"format": FORMAT, "saemnesia": json.dumps(record)})
 
 
 def save_sae_set(path: str, members: list[tuple[TopKSAE, SAEInfo]], training: dict | None = None):
@@ -102,8 +114,8 @@ def save_sae_set(path: str, members: list[tuple[TopKSAE, SAEInfo]], training: di
               "blocks": [_member_record(sae, info) for sae, info in members],
               "training": training if training is not None else members[0][1].training}
     tensors = {}
-    for i, (sae, _) in enumerate(members):
-        tensors.update(_tensors_of(sae, f"blocks.{i}."))
+    for i, (sae, info) in enumerate(members):
+        tensors.update(_tensors_of(sae, info, f"blocks.{i}."))
     save_safetensors_atomic(tensors, path, metadata={"format": FORMAT, "saemnesia": json.dumps(record)})
 
 
@@ -189,10 +201,33 @@ def _member(tensors, record: dict, sizes: dict, prefix: str, label: str, path: s
         raise SAEFileError(f"{label}: bad concept index: {e}") from None
     except Exception as e:  # noqa: BLE001 - any other malformed index is a file problem too
         raise SAEFileError(f"{label}: bad concept index ({type(e).__name__}: {e}); re-create the SAE file.") from None
+    _attach_states(index, tensors, record, prefix, sae.d_in, label)
     hook = record.get("hook_point")
     if not isinstance(hook, str) or not hook:
         raise SAEFileError(f"{label} does not say which block it was trained on (no hook_point).")
     return LoadedSAE(sae, SAEInfo(hook, family, index, training, path))
+
+
+def _attach_states(index: ConceptIndex, tensors, record: dict, prefix: str, d_in: int, label: str):
+    """Each concept's mean SAE input, if the file has them (files from before simply have none)."""
+    names = record.get("concept_states")
+    if names is None:
+        return
+    fix = "the file is damaged. Re-create it."
+    if not isinstance(names, list) or not all(isinstance(n, str) and n in index.concepts for n in names) \
+            or len(set(names)) != len(names):
+        raise SAEFileError(f"{label}: concept_states must list concepts of its index, each once; {fix}")
+    states = tensors.get(prefix + STATES)
+    buckets = max(1, len(index.timesteps))
+    if states is None or tuple(states.shape) != (len(names), buckets, d_in):
+        shape = None if states is None else tuple(states.shape)
+        raise SAEFileError(f"{label}: the concept_states tensor is {shape}, expected "
+                           f"{(len(names), buckets, d_in)}; {fix}")
+    states = states.float()
+    if not torch.isfinite(states).all():
+        raise SAEFileError(f"{label}: concept_states holds NaN or inf; {fix}")
+    for name, state in zip(names, states):
+        index.concepts[name].state = state
 
 
 def _show(value, limit: int = 60) -> str:

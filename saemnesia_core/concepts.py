@@ -75,6 +75,10 @@ class Concept:
     # concept of the same kind, see assign_anchors): the model draws a neighbour in its place
     # instead of an undefined blend; None = only scale the concept's own latent
     anchor: str | None = None
+    # the hook's mean input on the concept's prompts, per timestep bucket [buckets, d_in]: an
+    # anchor hands over as the difference of two such means, a move between states the model
+    # itself produces (stored as a tensor beside the weights, not in the JSON record)
+    state: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_json(self):
         d = {"kind": self.kind, "selections": [s.to_json() for s in self.selections]}
@@ -249,10 +253,15 @@ class ConceptStats:
         self.counts = torch.zeros(nt, nc, dtype=torch.float64)
         self.all_sums = torch.zeros(nt, n_latents, dtype=torch.float64)
         self.all_counts = torch.zeros(nt, dtype=torch.float64)
+        self.state_sums: torch.Tensor | None = None  # [nt, nc, d_in], when add() is given the inputs
         self._bucketer = ConceptIndex(timesteps=self.timesteps)
 
-    def add(self, values: torch.Tensor, indices: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor):
-        """values/indices: sparse code [T, k]; timesteps [T]; labels: multi-hot [T, n_concepts]."""
+    def add(self, values: torch.Tensor, indices: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor,
+            inputs: torch.Tensor | None = None):
+        """values/indices: sparse code [T, k]; timesteps [T]; labels: multi-hot [T, n_concepts];
+        inputs: the SAE inputs [T, d_in], for the concepts' mean states."""
+        if inputs is not None and self.state_sums is None:
+            self.state_sums = torch.zeros(*self.counts.shape, inputs.shape[-1], dtype=torch.float64)
         buckets = torch.tensor([self._bucketer.bucket(float(t)) for t in timesteps.tolist()], dtype=torch.long)
         values = values.double()
         for b in buckets.unique().tolist():
@@ -263,6 +272,8 @@ class ConceptStats:
             self.all_counts[b] += v.shape[0]
             self.sums[b] += lab.T @ dense
             self.counts[b] += lab.sum(0)
+            if inputs is not None:
+                self.state_sums[b] += lab.T @ inputs[rows].double()
 
     def means(self):
         mc = self.sums / self.counts.clamp_min(1).unsqueeze(-1)
@@ -270,6 +281,12 @@ class ConceptStats:
         mr = (self.all_sums.unsqueeze(1) - self.sums) / rest_n.unsqueeze(-1)
         mall = self.all_sums / self.all_counts.clamp_min(1).unsqueeze(-1)
         return mc, mr, mall
+
+    def states(self) -> torch.Tensor | None:
+        """Mean SAE input per (bucket, concept) [nt, nc, d_in] (None if inputs were not given)."""
+        if self.state_sums is None:
+            return None
+        return (self.state_sums / self.counts.clamp_min(1).unsqueeze(-1)).float()
 
     def scores(self) -> torch.Tensor:
         """SAeUron score [buckets, concepts, latents]: normalised mean on concept minus on the rest."""
@@ -324,12 +341,14 @@ def supervised_index(stats: ConceptStats, assignment: dict[str, int], default_mu
     the firing threshold (used by replace mode to find where the concept is)."""
     scores = stats.scores()
     mc, _, mall = stats.means()
+    states = stats.states()
     idx = ConceptIndex(timesteps=stats.timesteps, default_mode="neuron", default_multiplier=default_multiplier)
     for ci, name in enumerate(stats.names):
         i = assignment[name]
         sels = [Selection([i], [float(scores[b, ci, i])], [float(mc[b, ci, i])], [float(mall[b, i])])
                 for b in range(scores.shape[0])]
-        idx.concepts[name] = Concept(name, stats.concepts[name], i, sels)
+        idx.concepts[name] = Concept(name, stats.concepts[name], i, sels,
+                                     state=None if states is None or not stats.counts[:, ci].any() else states[:, ci])
     return idx
 
 

@@ -25,17 +25,21 @@ class ErasureTarget:
     concept_mean: torch.Tensor  # ablation target scale
     multiplier: torch.Tensor
     anchors: torch.Tensor | None = None  # long [L]: latent that takes over each one's activation (-1: none)
+    # [L, d_in]: the anchor's mean state minus the concept's, where the index has both (else 0 rows,
+    # and the anchor's decoder direction is used)
+    shifts: torch.Tensor | None = None
 
     def to(self, device):
         return ErasureTarget(self.latents.to(device), self.threshold.to(device), self.concept_mean.to(device),
-                             self.multiplier.to(device), None if self.anchors is None else self.anchors.to(device))
+                             self.multiplier.to(device), None if self.anchors is None else self.anchors.to(device),
+                             None if self.shifts is None else self.shifts.to(device))
 
     def __len__(self):
         return int(self.latents.numel())
 
     def with_threshold(self, value: float) -> "ErasureTarget":
         return ErasureTarget(self.latents, torch.full_like(self.threshold, value), self.concept_mean, self.multiplier,
-                             self.anchors)
+                             self.anchors, self.shifts)
 
 
 def selected_activations(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,19 +83,35 @@ def ablate(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget, strength: float
     return _apply_delta(x, sae, target, rows, fires * (new_value - acts) * strength)
 
 
+# an anchor's share at a token is the concept latent's activation over its mean on the concept,
+# capped: a token where the latent fires far above its usual value is not moved further for it
+ANCHOR_SHARE_MAX = 2.0
+
+
 def scale_neurons(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget, strength: float = 1.0) -> torch.Tensor:
-    """SAEmnesia: the concept's own latent, wherever it is active, times the multiplier. With
-    anchors, the anchor's latent also gains the concept's activation (z_anchor += z_concept):
-    the code then names a neighbouring concept instead of none."""
+    """SAEmnesia: the concept's own latent, wherever it is active, times the multiplier.
+
+    With an anchor, the token also moves towards the anchor concept, by as much as the concept
+    is present there: by the difference of the two concepts' mean states where the index has
+    them (a move between states the model itself produces, so the picture stays in distribution),
+    else by the anchor latent's decoder direction (z_anchor += z_concept)."""
     if len(target) == 0 or strength == 0:
         return x
     rows, acts = selected_activations(x, sae, target.with_threshold(0.0))
     factor = (target.multiplier - 1.0).to(acts.dtype).view(1, -1)
     out = _apply_delta(x, sae, target, rows, factor * acts * strength)
-    if target.anchors is not None and rows.numel() and bool((target.anchors >= 0).any()):
-        has = target.anchors >= 0
-        gain = (acts[:, has] * strength).to(sae.W_dec.dtype)
-        out[rows] += (gain @ sae.W_dec[target.anchors[has]]).to(x.dtype)
+    if target.anchors is None or not rows.numel() or not bool((target.anchors >= 0).any()):
+        return out
+    has = target.anchors >= 0
+    by_state = has & (target.shifts.abs().sum(1) > 0) if target.shifts is not None else torch.zeros_like(has)
+    by_decoder = has & ~by_state
+    if by_decoder.any():
+        gain = (acts[:, by_decoder] * strength).to(sae.W_dec.dtype)
+        out[rows] += (gain @ sae.W_dec[target.anchors[by_decoder]]).to(x.dtype)
+    if by_state.any():
+        mean = target.concept_mean[by_state].to(acts.dtype).clamp_min(1e-6).view(1, -1)
+        share = (acts[:, by_state] / mean).clamp(0, ANCHOR_SHARE_MAX) * strength
+        out[rows] += (share @ target.shifts[by_state].to(share.dtype)).to(x.dtype)
     return out
 
 

@@ -118,6 +118,7 @@ class ConceptEraser:
     def _target(self, index: ConceptIndex, bucket: int, multiplier: float | None) -> erasure.ErasureTarget:
         chosen: dict[int, tuple[float, float, float]] = {}
         anchors: dict[int, int] = {}
+        shifts: dict[int, torch.Tensor] = {}  # concept latent -> anchor's mean state minus the concept's
         resolved = []  # (the entry as typed, its name or latent, its concept or latent index, anchor given)
         for full in self.concepts:
             spec, anchor = split_anchor(full)
@@ -144,6 +145,8 @@ class ConceptEraser:
                         raise SAEError(f"'{full}': the anchor '{a}' must be another concept with its own latent.")
                     if ac.name not in erased:  # never hand an erased concept's activation to another erased one
                         anchors[c.latent] = ac.latent
+                        if c.state is not None and ac.state is not None:
+                            shifts[c.latent] = ac.state[min(bucket, len(ac.state) - 1)] - c.state[min(bucket, len(c.state) - 1)]
                 continue
             if not c.selections:
                 raise SAEError(f"Concept '{c.name}' has no latent selection in this SAE's index; "
@@ -159,7 +162,12 @@ class ConceptEraser:
             raise SAEError(f"The concept index gives a non-finite threshold, mean or multiplier for "
                            f"{', '.join(self.concepts)}; rebuild the index or pass a finite multiplier.")
         anchor_ids = torch.tensor([anchors.get(i, -1) for i in ids], dtype=torch.long) if anchors else None
-        return erasure.ErasureTarget(torch.tensor(ids, dtype=torch.long), vals[:, 0], vals[:, 1], vals[:, 2], anchor_ids)
+        shift_rows = None
+        if shifts:
+            zero = torch.zeros(self.sae.d_in)
+            shift_rows = torch.stack([shifts.get(i, zero).float() for i in ids])
+        return erasure.ErasureTarget(torch.tensor(ids, dtype=torch.long), vals[:, 0], vals[:, 1], vals[:, 2], anchor_ids,
+                                     shift_rows)
 
     # --- device handling ----------------------------------------------------------------
     # ComfyUI moves model patches with `.to(device)` and `.to(dtype)` when it loads or

@@ -151,7 +151,7 @@ def concept_statistics(sae: TopKSAE, store: ActivationStore, timesteps: list[flo
             if should_cancel and should_cancel():
                 raise TrainingCancelled()
             code = sae.encode(acts)
-            stats.add(code.values, code.indices, ts, store.prompt_labels[pids])
+            stats.add(code.values, code.indices, ts, store.prompt_labels[pids], inputs=acts)
     return stats
 
 

@@ -149,3 +149,72 @@ def test_context_sized_tokens_are_edited_per_row():
     ctx = torch.randn(2, 5, 16) * 0.05 + 4 * sae.W_enc[star].detach() / sae.W_enc[star].detach().norm()
     out = er(ctx, 0.0, torch.tensor([True, False]))
     assert not torch.allclose(out[0], ctx[0]) and torch.equal(out[1], ctx[1])
+
+
+def test_anchor_with_mean_states_moves_tokens_by_the_difference_of_states_as_much_as_the_concept_is_there():
+    sae = make_sae(d=16, n=64, k=4, seed=3)
+    star, circle = 7, 9
+    sae.set_reserved([star, circle])
+    torch.manual_seed(0)
+    direction = sae.W_enc[star].detach() / sae.W_enc[star].detach().norm()
+    x = torch.cat([torch.randn(6, 16) * 0.05 + s * direction for s in (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)[:6]])
+    x = torch.cat([x, -4 * direction.view(1, -1)])  # a token where the star latent is silent
+    acts = torch.nn.functional.relu(sae.pre_logits(x))[:, star].detach()
+    assert (acts[:-1] > 0).all() and acts[-1] == 0
+    mean = float(acts[2])
+    shift = torch.randn(16)
+    t = ErasureTarget(torch.tensor([star]), torch.zeros(1), torch.tensor([mean]), torch.zeros(1),
+                      torch.tensor([circle]), shift.view(1, -1))
+    out = scale_neurons(x, sae, t)
+    share = (acts / mean).clamp(0, 2.0)  # capped where the latent fires far above its mean
+    expected = x - acts[:, None] * sae.W_dec[star] + share[:, None] * shift
+    assert torch.allclose(out, expected.detach(), atol=1e-4)
+    assert torch.equal(out[-1], x[-1])  # no star there: untouched, no shift
+    assert share.max() == 2.0 and share.min() == 0  # both ends of the cap are exercised
+
+
+def test_eraser_builds_the_anchor_shift_from_the_index_states_per_timestep_bucket():
+    sae = make_sae(d=8, n=32, k=4)
+    idx = supervised_index({"star": "object", "cross": "object", "heart": "object"}, {"star": 1, "cross": 2, "heart": 3})
+    idx.timesteps = [900.0, 100.0]
+    states = {n: torch.randn(2, 8) for n in ("star", "cross")}
+    for n, s in states.items():
+        idx.get(n).state = s
+    idx.get("star").anchor = "cross"
+    eraser = ConceptEraser(sae, idx, ["star"], mode="neuron")
+    for b in range(2):
+        assert torch.allclose(eraser.targets[b].shifts[0], states["cross"][b] - states["star"][b])
+    # an anchor without a state (heart): the decoder direction is used, no shift row
+    assert ConceptEraser(sae, idx, ["star -> heart"], mode="neuron").targets[0].shifts is None
+
+
+def test_concept_states_survive_save_and_load_and_a_wrong_shape_is_a_clear_error(tmp_path):
+    sae = make_sae(d=8, n=32, k=4)
+    idx = supervised_index({"star": "object", "cross": "object"}, {"star": 1, "cross": 2})
+    idx.get("star").state, idx.get("cross").state = torch.randn(1, 8), torch.randn(1, 8)
+    path = str(tmp_path / "states.safetensors")
+    save_sae(path, sae, SAEInfo(CONTEXT, "demo", idx))
+    back = load_sae(path).index
+    assert torch.equal(back.get("star").state, idx.get("star").state)
+    assert torch.equal(back.get("cross").state, idx.get("cross").state)
+    tensors = load_file(path)
+    tensors["concept_states"] = torch.randn(2, 1, 5)
+    save_file(tensors, path, metadata=load_file_meta(path))
+    with pytest.raises(SAEFileError, match="concept_states"):
+        load_sae(path)
+    tensors["concept_states"] = torch.full((2, 1, 8), float("nan"))
+    save_file(tensors, path, metadata=load_file_meta(path))
+    with pytest.raises(SAEFileError, match="NaN"):
+        load_sae(path)
+
+
+def test_concept_statistics_keep_each_concepts_mean_input_per_bucket():
+    from saemnesia_core.concepts import ConceptStats
+    stats = ConceptStats(6, {"star": "object", "dots": "style"}, [900.0, 100.0])
+    x = torch.arange(5 * 3, dtype=torch.float32).view(5, 3)
+    labels = torch.tensor([[1, 0], [1, 1], [0, 1], [1, 0], [0, 0]])
+    ts = torch.tensor([900.0, 900.0, 900.0, 100.0, 100.0])
+    stats.add(torch.ones(5, 2), torch.zeros(5, 2, dtype=torch.long), ts, labels, inputs=x)
+    states = stats.states()
+    assert torch.allclose(states[0, 0], x[[0, 1]].mean(0)) and torch.allclose(states[0, 1], x[[1, 2]].mean(0))
+    assert torch.allclose(states[1, 0], x[3])
