@@ -27,7 +27,7 @@ bench: setup
 	$(PY) -m pip install -q -r requirements-bench.txt -c constraints.txt
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/training_throughput.py
-	HF_HUB_OFFLINE=1 $(PY) -m saemnesia_core.bench minicanvas --workers 2
+	HF_HUB_OFFLINE=1 $(PY) -m saemnesia_demo.bench --workers 2
 	$(PY) benchmarks/tables.py
 
 clean:

@@ -122,7 +122,7 @@ def run_demo(args, pack):
     from saemnesia_core import ConceptEraser, load_sae
     import importlib
     mp = sys.modules[pack.__name__ + ".nodes.model_patch"]
-    demo_model = importlib.import_module(pack.__name__ + ".nodes.demo_model")
+    demo_model = importlib.import_module(pack.__name__ + ".nodes.demo.demo_model")
     model, clip, _ = demo_model.LoadDemoModel.execute(unet_name="demo_unet.safetensors").args
     prompt = "a star in stripes style"
     cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))

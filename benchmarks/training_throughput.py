@@ -88,13 +88,13 @@ def collect_demo():
     import torch
     import comfy.sample
     from saemnesia_core.activations import ActivationWriter
-    from saemnesia_core.minicanvas.data import OBJECTS, STYLES
+    from saemnesia_demo.data import OBJECTS, STYLES
     from saemnesia_core.prompts import build_prompts
     mp = sys.modules[pack.__name__ + ".nodes.model_patch"]
-    mc = sys.modules.get(pack.__name__ + ".nodes.minicanvas_model")
+    mc = sys.modules.get(pack.__name__ + ".nodes.demo.minicanvas_model")
     if mc is None:
         import importlib
-        mc = importlib.import_module(pack.__name__ + ".nodes.minicanvas_model")
+        mc = importlib.import_module(pack.__name__ + ".nodes.demo.minicanvas_model")
     t0 = time.perf_counter()
     model, clip, _ = mc.load_all()
     prompts = build_prompts(OBJECTS, STYLES)

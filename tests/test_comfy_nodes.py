@@ -137,8 +137,9 @@ def test_inspect_neuron_makes_a_heatmap_and_a_summary(env, block_outputs):
 def test_every_input_and_output_says_what_it_is(pack):
     """Hovering any socket or widget tells an artist what it does (the frontend shows these tooltips)."""
     from saemnesia_pack.nodes import NODES
+    from saemnesia_pack.nodes.demo import DEMO_NODES
     missing = []
-    for node in NODES:
+    for node in [*NODES, *DEMO_NODES]:
         s = node.define_schema()
         missing += [f"{s.node_id}.{i.id}" for i in s.inputs if not (i.tooltip or "").strip()]
         missing += [f"{s.node_id} output {o.display_name or o.io_type}" for o in s.outputs if not (o.tooltip or "").strip()]

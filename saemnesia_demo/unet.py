@@ -27,7 +27,7 @@ import torch
 from .text_encoder import EMBED_DIM, TOKEN_LENGTH
 
 META_KEY = "minicanvas_unet"
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "models" / "minicanvas" / "demo_unet.safetensors"
+DEFAULT_PATH = Path(__file__).resolve().parents[1] / "models" / "minicanvas" / "demo_unet.safetensors"
 
 SCHEDULE = {
     "num_train_timesteps": 1000,
