@@ -7,7 +7,7 @@ import comfy.samplers
 from saemnesia_core import SAEError
 from saemnesia_core.checkpoint import CONTEXT
 from saemnesia_core.heatmap import overlay, with_legend
-from saemnesia_core.inspect import activation_map, describe_concept, describe_latent
+from saemnesia_core.neuron_report import activation_map, describe_concept, describe_latent
 from saemnesia_core.intervention import resolve_spec
 
 from . import model_patch
