@@ -102,7 +102,7 @@ class ConceptEraser:
         if strength < 0:
             raise SAEError(f"strength is {strength}; give 0 (off), 1 (as published) or more.")
         if multiplier is not None:
-            multiplier = finite(multiplier, "multiplier", "give a number such as -1.5, or 0 for the SAE's default.")
+            multiplier = finite(multiplier, "multiplier", "give a number such as -1.5 (None: the SAE's own).")
         if detect_scale is not None:
             detect_scale = finite(detect_scale, "detect_scale", "give 0 or more.")
         self.sae = sae
@@ -162,23 +162,14 @@ class ConceptEraser:
         return erasure.ErasureTarget(torch.tensor(ids, dtype=torch.long), vals[:, 0], vals[:, 1], vals[:, 2], anchor_ids)
 
     # --- device handling ----------------------------------------------------------------
-    # ComfyUI moves model patches with `.to(device)` and `.to(dtype)` when it loads or
-    # offloads the model, so the SAE copy follows the model instead of being converted on
-    # the first sampling step (or kept on the GPU after the model left it).
-    def to(self, device_or_dtype, _dtype=torch.dtype, _device=torch.device):
-        # (torch types bound as defaults: ComfyUI also calls .to() from __del__ at interpreter exit)
+    def place(self, device=None, dtype=None) -> TopKSAE:
+        """Keep the SAE copy on `device` / in `dtype` (None: where it is now), so it can follow
+        the model when the host moves it instead of being converted on the first edit."""
         current = next(iter(self._sae_cache.values()), self.sae)
-        device, dtype = current.W_dec.device, current.W_dec.dtype
-        if isinstance(device_or_dtype, _dtype):
-            dtype = device_or_dtype
-        else:
-            device = _device(device_or_dtype)
-        self.sae_on(device, dtype)
-        self._device_targets.clear()
-        return self
-
-    def __deepcopy__(self, memo):
-        return self  # ModelPatcher.clone deep-copies model_options; the eraser is immutable config
+        device = current.W_dec.device if device is None else device
+        dtype = current.W_dec.dtype if dtype is None else dtype
+        self._device_targets.clear()  # targets are re-made on the device of the next edit
+        return self.sae_on(device, dtype)
 
     def sae_on(self, device, dtype) -> TopKSAE:
         key = (str(device), dtype)
