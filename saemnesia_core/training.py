@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from . import sparse_ops
 from .activations import ActivationStore
 from .checkpoint import read_safetensors_metadata
 from .concepts import ConceptIndex, ConceptStats, assign_anchors, assign_latents, select_unsupervised, supervised_index
 from .errors import SAEError, TrainingCancelled
 from .fileio import save_safetensors_atomic
-from . import sparse_ops
 from .sae import TopKSAE, geometric_median
 
 CHECKPOINT = "checkpoint.safetensors"

@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 import torch
 
 from saemnesia_core import load_sae
-from saemnesia_core.checkpoint import CONTEXT, save_sae_set
-from saemnesia_core.intervention import ConceptEraser
-from saemnesia_core.training import concept_statistics
-from saemnesia_core.concepts import select_unsupervised
 from saemnesia_core.activations import ActivationWriter
-from saemnesia_core.prompts import build_prompts
+from saemnesia_core.checkpoint import CONTEXT, save_sae_set
+from saemnesia_core.concepts import select_unsupervised
 from saemnesia_core.fileio import save_json_atomic
+from saemnesia_core.intervention import ConceptEraser
+from saemnesia_core.prompts import build_prompts
+from saemnesia_core.training import concept_statistics
+
 from . import data
 from .classifier import load_classifiers
 from .sampling import alphas_cumprod, ddim_sample
@@ -332,7 +333,8 @@ def grid_search_saeuron(bench: Bench, methods: Methods, targets, seeds, log, tau
         methods.saeuron_choice[t] = best[1]
         log(f"SAeUron grid {t}: tau {best[1]['tau']}, gamma {best[1]['gamma']} (validation {best[0]})")
     return {"settings_per_concept": len(taus) * len(gammas), "settings_evaluated": evaluated, "taus": taus,
-            "gammas": gammas, "validation": "per setting: the target's 6 prompts + 1 prompt of each other concept", "chosen": {t: {"tau": c["tau"], "gamma": c["gamma"]} for t, c in methods.saeuron_choice.items()}}
+            "gammas": gammas, "validation": "per setting: the target's 6 prompts + 1 prompt of each other concept",
+            "chosen": {t: {"tau": c["tau"], "gamma": c["gamma"]} for t, c in methods.saeuron_choice.items()}}
 
 
 def erasers_for(loaded, names, **eraser) -> list:

@@ -31,6 +31,7 @@ import torch
 
 from saemnesia_core.checkpoint import load_sae
 from saemnesia_core.fileio import save_json_atomic
+
 from . import data
 from .bench import DENOISE_MARGIN, NOISE_MARGIN, Bench, kind_of
 from .sampling import ddim_sample

@@ -72,8 +72,10 @@ def load_pictures(paths):
 
 def classify(paths):
     import torch
+
     from saemnesia_demo.classifier import load_classifiers
-    from saemnesia_demo.data import OBJECTS as OBJ, STYLES as STY
+    from saemnesia_demo.data import OBJECTS as OBJ
+    from saemnesia_demo.data import STYLES as STY
     clf, _ = load_classifiers()
     with torch.no_grad():
         o, s = clf.predict(load_pictures(paths))
@@ -84,6 +86,7 @@ def broken(before_paths, after_paths) -> list[bool]:
     """The benchmark's check (scoring v4): an erased picture is broken when its noise level or the
     demo model's denoising error rises past the margins over its unedited twin."""
     import torch
+
     from saemnesia_demo.bench import DENOISE_MARGIN, NOISE_MARGIN, denoising_error, noise_level
     from saemnesia_demo.text_encoder import encode_prompts
     from saemnesia_demo.unet import load_demo_unet

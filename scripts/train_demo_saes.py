@@ -64,6 +64,7 @@ def train(names: list[str], threads: int):
     comfy_env.import_pack()
     from saemnesia_pack.nodes.demo.demo_model import LoadDemoModel
     from saemnesia_pack.nodes.train_sae import TrainSAEFromPrompts
+
     from saemnesia_core.fileio import copy_atomic
 
     os.makedirs(os.path.join(WORK, "sae"), exist_ok=True)

@@ -37,9 +37,9 @@ if _missing():
 
 
 # UI-format graphs: built by tools/workflows.py, which also defines the shipped workflows
-from conftest import HOSTILE_CONCEPT
-from tools.workflows import NAMES, SD15_CHECKPOINT, erase_workflow, load, missing_saes
+from conftest import HOSTILE_CONCEPT  # noqa: E402 - after the skip: only when the browser is there
 
+from tools.workflows import NAMES, SD15_CHECKPOINT, erase_workflow, load, missing_saes  # noqa: E402
 
 # ------------------------------------------------------------------ server and driver
 

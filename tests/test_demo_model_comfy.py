@@ -175,9 +175,11 @@ def test_missing_file_is_a_clear_error(demo, tmp_path):
 def test_train_refuses_k_above_the_latents_before_sampling(demo, tmp_path, monkeypatch):
     """64 channels x expansion 1 = 64 latents: k 128 is refused at once, before any prompt is
     sampled (it used to fail only when the SAE was built, after the whole collection)."""
-    import folder_paths
-    from saemnesia_core import SAEError
     from saemnesia_pack.nodes.train_sae import TrainSAEFromPrompts
+
+    import folder_paths
+
+    from saemnesia_core import SAEError
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "sae", ([str(tmp_path / "sae")], {".safetensors"}))
     monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
     with pytest.raises(SAEError, match=r"k=128 is more than the SAE's 64 latents \(64 channels at output_blocks.3.1"):
@@ -193,10 +195,12 @@ def test_train_refuses_k_above_the_latents_before_sampling(demo, tmp_path, monke
 def test_train_a_set_from_one_collection_and_erase_with_it(demo, tmp_path, monkeypatch):
     """hook_point 'context, output_blocks.3.1': one sampling pass feeds the block, the prompts' text
     states feed the context SAE; one file holds both, and Erase Concepts patches both places."""
-    import folder_paths
     from saemnesia_pack.nodes import sae_folder
     from saemnesia_pack.nodes.erase_concepts import EraseConcepts
     from saemnesia_pack.nodes.train_sae import TrainSAEFromPrompts
+
+    import folder_paths
+
     from saemnesia_core import load_sae
     from saemnesia_core.checkpoint import CONTEXT
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "sae", ([str(tmp_path / "sae")], {".safetensors"}))
@@ -230,6 +234,7 @@ def test_shipped_text_sae_erases_the_star_and_keeps_other_prompts(demo, pack):
     """The shipped text-state SAE through the Erase node and the stock sampler: 'star' leaves
     the star prompt's pictures and leaves a prompt without a star as it was."""
     from saemnesia_pack.nodes.erase_concepts import EraseConcepts
+
     from saemnesia_core import load_sae
     from saemnesia_demo.classifier import load_classifiers
     from saemnesia_demo.unet import DEFAULT_PATH

@@ -2,8 +2,17 @@
 import torch
 
 from saemnesia_demo import data
-from saemnesia_demo.bench import (DENOISE_MARGIN, NOISE_MARGIN, Answers, denoising_error, merge,
-                                             noise_level, paraphrase, summarize, validation_pairs)
+from saemnesia_demo.bench import (
+    DENOISE_MARGIN,
+    NOISE_MARGIN,
+    Answers,
+    denoising_error,
+    merge,
+    noise_level,
+    paraphrase,
+    summarize,
+    validation_pairs,
+)
 from saemnesia_demo.text_encoder import encode_prompts
 from saemnesia_demo.unet import load_demo_unet
 

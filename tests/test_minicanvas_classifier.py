@@ -7,7 +7,6 @@ from safetensors import safe_open
 
 from saemnesia_demo import classifier, data
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

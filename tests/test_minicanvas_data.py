@@ -5,7 +5,6 @@ import torch
 
 from saemnesia_demo import data
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -8,7 +8,6 @@ from safetensors.torch import load_file
 
 from saemnesia_demo import data, sampling, train_diffusion, unet
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -88,6 +88,7 @@ def what_classifiers_see(pictures: list) -> list[str]:
     """The shipped MiniCanvas judges' reading of each picture (reported, not asserted: how well
     an SAE erases is measured by the benchmark, not by this test)."""
     import torch
+
     from saemnesia_demo.classifier import load_classifiers
     from saemnesia_demo.data import OBJECTS, STYLES
     clf, _ = load_classifiers()

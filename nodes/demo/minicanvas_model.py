@@ -27,6 +27,10 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management
@@ -35,10 +39,7 @@ import comfy.sd
 import comfy.sd1_clip
 import comfy.supported_models_base
 import comfy.utils
-import torch
 from comfy.text_encoders.bert import BertModel
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 from saemnesia_demo import text_encoder as te
 from saemnesia_demo import unet as mc_unet
