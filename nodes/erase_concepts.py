@@ -1,6 +1,6 @@
 from comfy_api.latest import io
 
-from saemnesia_core import ConceptEraser, SAEError, parse_concepts
+from saemnesia_core import ConceptEraser, SAEError, split_list
 from saemnesia_core.intervention import check_window, finite, window_problem
 
 from . import model_patch
@@ -67,7 +67,7 @@ class EraseConcepts(io.ComfyNode):
         check_window(start_percent, end_percent)
         strength = finite(strength, "strength", "give 0 (off), 1 (as published) or more.")
         multiplier = chosen_multiplier(finite(multiplier, "multiplier", "give a number such as -1.5."), use_sae_multiplier)
-        names = parse_concepts(concepts)
+        names = split_list(concepts)
         if not names:
             return io.NodeOutput(model)  # nothing to erase: pass the model through unchanged
         # an SAE set erases at every block it covers; each block has its own latents for the names

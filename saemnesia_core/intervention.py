@@ -20,12 +20,6 @@ from .sae import TopKSAE
 _NEURON = re.compile(r"^\s*(?:neuron\s*[:#]?|#)\s*(\d+)\s*$", re.IGNORECASE)
 
 
-def parse_concepts(text: str | list[str]) -> list[str]:
-    """'cat, sketch\\nneuron:12' -> ['cat', 'sketch', 'neuron:12']; blank entries dropped."""
-    items = text if isinstance(text, list) else re.split(r"[,\n;]", text)
-    return [s.strip() for s in items if s and s.strip()]
-
-
 def split_anchor(spec: str):
     """'star -> heart' -> ('star', 'heart'); 'star ->' -> ('star', None): no anchor;
     'star' -> ('star', ...): the SAE's own anchor for it (Ellipsis = not given)."""

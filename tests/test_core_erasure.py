@@ -2,10 +2,9 @@ import pytest
 import torch
 from test_core_sae import make_sae
 
-from saemnesia_core import ConceptEraser, SAEError
+from saemnesia_core import ConceptEraser, SAEError, split_list
 from saemnesia_core.concepts import Concept, ConceptIndex, Selection
 from saemnesia_core.erasure import ErasureTarget, ablate, detect, replace, scale_neurons
-from saemnesia_core.intervention import parse_concepts
 
 
 def firing_setup(seed=0):
@@ -130,9 +129,10 @@ def test_eraser_modes_and_raw_neurons():
         ConceptEraser(sae, idx, ["thing"])(torch.randn(1, 8, 2, 2), 900.0)
 
 
-def test_parse_concepts():
-    assert parse_concepts("cat, Van Gogh\n neuron:12;;") == ["cat", "Van Gogh", "neuron:12"]
-    assert parse_concepts("  ") == []
+def test_one_list_grammar_for_every_box():
+    assert split_list("cat, Van Gogh\n neuron:12;;") == ["cat", "Van Gogh", "neuron:12"]
+    assert split_list("  ") == [] and split_list(None) == []
+    assert split_list([" a ", "", "b"]) == ["a", "b"]
 
 
 def test_eraser_placed_in_another_dtype_edits_in_it():

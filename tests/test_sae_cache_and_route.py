@@ -172,3 +172,29 @@ def test_the_concepts_route_answers_hostile_files_with_a_json_error(sae_dir, con
         status, body = answer(asyncio.run(routes.get_concepts(request("sae=hostile.safetensors"))))
         assert status == 400 and words in body["error"] and "hostile.safetensors" in body["error"]
         assert str(sae_dir) not in body["error"]
+
+
+def test_the_concepts_route_parses_a_train_nodes_boxes(pack):
+    """The picker's 'after training' list comes from the server's grammar, not a copy in the browser."""
+    import json
+
+    from aiohttp.test_utils import make_mocked_request
+    from saemnesia_pack.nodes import routes
+
+    def post(body: bytes):
+        req = make_mocked_request("POST", "/saemnesia/concepts")
+
+        async def read_json():
+            return json.loads(body)
+        req.json = read_json
+        return answer(asyncio.run(routes.post_concepts(req)))
+
+    boxes = {"objects": "cat, dog", "styles": "ink", "templates": "a {object} in {style} style",
+             "labelled_prompts": "style/sketch: a quick sketch"}
+    status, body = post(json.dumps(boxes).encode())
+    assert status == 200 and body["planned"] is True, body
+    assert [(c["name"], c["kind"]) for c in body["concepts"]] == [("cat", "object"), ("dog", "object"),
+                                                                 ("ink", "style"), ("sketch", "style")]
+    assert body["list_separators"] == ",;\n"
+    assert post(b"[1, 2]")[0] == 400 and post(b"not json")[0] == 400
+    assert post(json.dumps({"objects": 3}).encode())[0] == 400
