@@ -82,6 +82,23 @@ def resolve_spec(index: ConceptIndex, spec: str) -> Concept | int:
     return n if n is not None else index.get(spec)
 
 
+def resolve_entry(index: ConceptIndex, spec: str | int | Concept, n_latents: int) -> Concept | int:
+    """resolve_spec for whatever names a concept or latent (an entry of the concepts text, a raw
+    latent index, a Concept), with a raw latent checked against the SAE's size."""
+    c = resolve_spec(index, spec) if isinstance(spec, str) else spec
+    if isinstance(c, int) and not 0 <= c < n_latents:
+        raise SAEError(f"'{spec}': this SAE has latents 0..{n_latents - 1}. Pick an index in that range.")
+    return c
+
+
+def concept_latents(c: Concept, bucket: int) -> list[int]:
+    """The latents that carry a concept at a timestep bucket: its own latent (SAEmnesia), else its
+    selection for that bucket (SAeUron; the last one past the end)."""
+    if c.latent is not None:
+        return [c.latent]
+    return list(c.selections[min(bucket, len(c.selections) - 1)].latents)
+
+
 class ConceptEraser:
     """Callable that erases the given concepts from one block's output."""
 
@@ -115,13 +132,11 @@ class ConceptEraser:
         resolved = []  # (the entry as typed, its name or latent, its concept or latent index, anchor given)
         for full in self.concepts:
             spec, anchor = split_anchor(full)
-            resolved.append((full, spec, resolve_spec(index, spec), anchor))
+            resolved.append((full, spec, resolve_entry(index, spec, self.sae.n_latents), anchor))
         erased = {c.name for _, _, c, _ in resolved if not isinstance(c, int)}
         for full, spec, c, anchor in resolved:
             if isinstance(c, int):
                 n = c
-                if not 0 <= n < self.sae.n_latents:
-                    raise SAEError(f"'{spec}': this SAE has latents 0..{self.sae.n_latents - 1}. Pick an index in that range.")
                 m = multiplier if multiplier is not None else index.default_multiplier
                 chosen.setdefault(n, (0.0, 1.0, m))
                 continue
