@@ -1,7 +1,7 @@
 """SAEmnesia for ComfyUI: erase concepts from diffusion models with sparse autoencoders.
 
-ComfyUI imports this folder as a package. The core library is importable on its own as
-`saemnesia_core`, so the pack's folder goes on sys.path first.
+ComfyUI imports this folder as a package. The core library (`saemnesia_core`) and the demo
+package (`saemnesia_demo`) are importable on their own, so the pack's folder goes on sys.path first.
 """
 import os
 import sys
@@ -23,18 +23,15 @@ if _IN_COMFY:
 
     from .nodes import NODES, sae_folder
     from .nodes import routes as _routes
+    from .nodes.demo import DEMO_NODES, warn_if_text_encoder_missing
 
     sae_folder.register()
     _routes.register()
-
-    from saemnesia_core.minicanvas import text_encoder as _te
-    if not _te.available():  # said once at start, not only when a demo workflow fails
-        import logging
-        logging.getLogger("saemnesia").warning("SAEmnesia: %s", _te.missing_message())
+    warn_if_text_encoder_missing()
 
     class SAEmnesiaExtension(ComfyExtension):
         async def get_node_list(self):
-            return list(NODES)
+            return [*NODES, *DEMO_NODES]
 
     async def comfy_entrypoint():
         return SAEmnesiaExtension()

@@ -32,6 +32,7 @@ from tools import comfy_env  # noqa: E402
 
 def build_sae(hook, d_in=1280, n_latents=20480, k=32, n_selected=2, seed=0):
     import torch
+
     from saemnesia_core import LoadedSAE, SAEInfo, TopKSAE
     from saemnesia_core.concepts import Concept, ConceptIndex, Selection
     sae = TopKSAE(d_in, n_latents, k)
@@ -66,8 +67,10 @@ def summary(times, prefix=""):
 
 def run_sd15(args, pack):
     import torch
+
     import comfy.sample
     import comfy.sd
+
     from saemnesia_core import ConceptEraser
     mp = sys.modules[pack.__name__ + ".nodes.model_patch"]
 
@@ -88,7 +91,7 @@ def run_sd15(args, pack):
     variants = {"none": model}
     for mode in ("ablate", "neuron", "replace"):
         eraser = ConceptEraser(loaded.sae, loaded.index, ["thing"], mode=mode)
-        variants[mode] = mp.erase_patch(model, loaded, [eraser], False, 0.0, 1.0)
+        variants[mode] = mp.erase_patch(model, loaded, lambda member, e=eraser: e, False, 0.0, 1.0)
     times = timed_variants(run, variants, args.repeats)
     return {"setting": {"model": "SD1.5-shaped (random weights)", "image": args.size, "steps": args.steps, "cfg": 7.5,
                         "sampler": "euler / normal", "hook": "output_blocks.4.1", "positions": (args.size // 32) ** 2,
@@ -102,6 +105,7 @@ def demo_sae(hook="output_blocks.3.1"):
     the training benchmark caches (16x expansion, k 32), then kept next to them."""
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     import training_throughput as tt
+
     from saemnesia_core import load_sae
     from saemnesia_core.checkpoint import SAEInfo, save_sae
     from saemnesia_core.training import TrainConfig, train_sae
@@ -117,12 +121,15 @@ def demo_sae(hook="output_blocks.3.1"):
 
 def run_demo(args, pack):
     import glob
-    import torch
-    import comfy.sample
-    from saemnesia_core import ConceptEraser, load_sae
     import importlib
+
+    import torch
+
+    import comfy.sample
+
+    from saemnesia_core import ConceptEraser, load_sae
     mp = sys.modules[pack.__name__ + ".nodes.model_patch"]
-    demo_model = importlib.import_module(pack.__name__ + ".nodes.demo_model")
+    demo_model = importlib.import_module(pack.__name__ + ".nodes.demo.demo_model")
     model, clip, _ = demo_model.LoadDemoModel.execute(unet_name="demo_unet.safetensors").args
     prompt = "a star in stripes style"
     cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
@@ -142,7 +149,7 @@ def run_demo(args, pack):
 
     def add(key, loaded, concept, mode, **extra):
         erasers[key] = (loaded.info.hook_point, ConceptEraser(loaded.sae, loaded.index, [concept], mode=mode))
-        variants[key] = mp.erase_patch(model, loaded, [erasers[key][1]], False, 0.0, 1.0)
+        variants[key] = mp.erase_patch(model, loaded, lambda member: erasers[key][1], False, 0.0, 1.0)
         saes[key] = {"hook": loaded.info.hook_point, "n_latents": loaded.sae.n_latents, "k": loaded.sae.k,
                      "concept": concept, "mode": mode, **extra}
 

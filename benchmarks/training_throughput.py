@@ -86,15 +86,17 @@ def collect_demo():
     from tools import comfy_env
     pack = comfy_env.import_pack()
     import torch
+
     import comfy.sample
+
     from saemnesia_core.activations import ActivationWriter
-    from saemnesia_core.minicanvas.data import OBJECTS, STYLES
     from saemnesia_core.prompts import build_prompts
+    from saemnesia_demo.data import OBJECTS, STYLES
     mp = sys.modules[pack.__name__ + ".nodes.model_patch"]
-    mc = sys.modules.get(pack.__name__ + ".nodes.minicanvas_model")
+    mc = sys.modules.get(pack.__name__ + ".nodes.demo.minicanvas_model")
     if mc is None:
         import importlib
-        mc = importlib.import_module(pack.__name__ + ".nodes.minicanvas_model")
+        mc = importlib.import_module(pack.__name__ + ".nodes.demo.minicanvas_model")
     t0 = time.perf_counter()
     model, clip, _ = mc.load_all()
     prompts = build_prompts(OBJECTS, STYLES)
@@ -132,7 +134,9 @@ def collect_sd15():
     from tools import comfy_env
     comfy_env.import_pack()
     import torch
+
     import comfy.sd
+
     from saemnesia_core.activations import ActivationWriter
     from saemnesia_core.prompts import build_prompts
     s = SD15_COLLECT
@@ -225,6 +229,7 @@ def train_ours(store, held, cfg):
 def train_sparsify(store, held, cfg):
     import torch
     from sparsify import SparseCoder, SparseCoderConfig
+
     from saemnesia_core.training import Trainer, _adam
     n = cfg.latents_for(store.d_in)
     c0, w0 = time.process_time(), time.perf_counter()
@@ -265,6 +270,7 @@ def train_sparsify(store, held, cfg):
 
 def run_setting(name, stores, steps, batch, k, expansion, lr, order):
     import torch
+
     from saemnesia_core.training import TrainConfig
     train, heldout = stores
     held = heldout_batches(heldout)

@@ -1,10 +1,10 @@
 from comfy_api.latest import io
 
-from saemnesia_core import ConceptEraser, SAEError, parse_concepts
+from saemnesia_core import ConceptEraser, SAEError, split_list
 from saemnesia_core.intervention import check_window, finite, window_problem
 
 from . import model_patch
-from .sae_type import CATEGORY, PREFIX, SAE, schema, ALIASES
+from .sae_type import ALIASES, CATEGORY, PREFIX, SAE, schema
 
 MODES = ["auto", "neuron", "ablate", "replace"]
 HALVES = ["both", "cond only"]
@@ -32,13 +32,19 @@ class EraseConcepts(io.ComfyNode):
                 io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05,
                                tooltip="How hard to erase (x, no unit): 0 = no change, 1 = the method as published, >1 = stronger."),
                 io.Float.Input("multiplier", default=0.0, min=-100.0, max=100.0, step=0.1,
-                               tooltip="Factor (x) applied to the concept's latent in neuron/ablate modes, usually negative (e.g. -1.5); 0 = the SAE's calibrated default."),
+                               tooltip="Factor (x) applied to the concept's latent in neuron/ablate modes, usually negative "
+                                       "(e.g. -1.5; 0 switches the latent off). Used when use_sae_multiplier is off."),
                 io.Combo.Input("apply_to", options=HALVES, default="both",
                                tooltip="Edit both CFG halves (as in the papers) or only the positive prompt."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Fraction of the denoising schedule (0 = first step, 1 = last) where erasing starts."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
                              tooltip="Fraction of the denoising schedule where erasing stops (1 = through the last step)."),
+                # last and optional: graphs saved before it existed load with their widget values in place
+                io.Boolean.Input("use_sae_multiplier", default=True, optional=True,
+                                 label_on="the SAE's calibrated multiplier", label_off="the multiplier above",
+                                 tooltip="On: each concept's multiplier as calibrated in the SAE. Off: the multiplier "
+                                         "widget, 0 included."),
             ],
             outputs=[io.Model.Output(tooltip="A patched copy of the model with the concepts erased; wire it to KSampler.")],
         )
@@ -52,20 +58,31 @@ class EraseConcepts(io.ComfyNode):
         return window_problem(start_percent, end_percent) or True
 
     @classmethod
-    def execute(cls, model, sae, concepts, mode, strength, multiplier, apply_to, start_percent, end_percent) -> io.NodeOutput:
+    def execute(cls, model, sae, concepts, mode, strength, multiplier, apply_to, start_percent, end_percent,
+                use_sae_multiplier=None) -> io.NodeOutput:
         # checked here as well: V3 combos are not checked against their options by ComfyUI
         # 0.3.75, NaN passes its range checks, and linked inputs are unknown at validation
         if apply_to not in HALVES:
             raise SAEError(f"apply_to is {apply_to!r:.40}; use one of: {', '.join(HALVES)}.")
         check_window(start_percent, end_percent)
         strength = finite(strength, "strength", "give 0 (off), 1 (as published) or more.")
-        multiplier = finite(multiplier, "multiplier", "give a number such as -1.5, or 0 for the SAE's default.")
-        names = parse_concepts(concepts)
+        multiplier = chosen_multiplier(finite(multiplier, "multiplier", "give a number such as -1.5."), use_sae_multiplier)
+        names = split_list(concepts)
         if not names:
             return io.NodeOutput(model)  # nothing to erase: pass the model through unchanged
-        model_patch.check_compatible(model, sae)
         # an SAE set erases at every block it covers; each block has its own latents for the names
-        erasers = [ConceptEraser(m.sae, m.index, names, mode=mode, strength=strength,
-                                 multiplier=None if multiplier == 0 else multiplier) for m in sae.blocks]
-        patched = model_patch.erase_patch(model, sae, erasers, apply_to == "cond only", start_percent, end_percent)
+        def eraser_for(member):
+            return ConceptEraser(member.sae, member.index, names, mode=mode, strength=strength,
+                                 multiplier=multiplier)
+        patched = model_patch.erase_patch(model, sae, eraser_for, apply_to == "cond only", start_percent, end_percent)
         return io.NodeOutput(patched)
+
+
+def chosen_multiplier(multiplier: float, use_sae_multiplier: bool | None) -> float | None:
+    """The multiplier to erase with; None = each concept's calibrated one, from the SAE.
+
+    A prompt without use_sae_multiplier (an API graph saved before the switch existed) keeps the
+    rule it was saved under: 0 stood for the SAE's multiplier."""
+    if use_sae_multiplier is None:
+        return None if multiplier == 0 else multiplier
+    return None if use_sae_multiplier else multiplier

@@ -1,18 +1,17 @@
 import torch
-from comfy_api.latest import io, ui
 
 import comfy.sample
 import comfy.samplers
+from comfy_api.latest import io, ui
 
 from saemnesia_core import SAEError
 from saemnesia_core.checkpoint import CONTEXT
 from saemnesia_core.heatmap import overlay, with_legend
-from saemnesia_core.inspect import activation_map, describe_concept, describe_latent
 from saemnesia_core.intervention import resolve_spec
+from saemnesia_core.neuron_report import activation_map, describe_concept, describe_latent
 
 from . import model_patch
 from .sae_type import CATEGORY, PREFIX, SAE, schema
-
 
 SHOW = ["concept", "neuron"]
 
@@ -83,7 +82,7 @@ class InspectNeuron(io.ComfyNode):
 
         captured = []
         probe = model_patch.capture_patch(model, sae.info.hook_point, lambda h, info: captured.append((h.detach().float().cpu(), info["timestep"])))
-        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
+        sigmas = comfy.samplers.calculate_sigmas(model_patch.model_sampling(model), scheduler, steps).cpu()
         noise = comfy.sample.prepare_noise(samples, seed)
         # one Euler step from sigma[step]: a single denoiser call through ComfyUI's own sampling path
         comfy.sample.sample_custom(probe, noise, 1.0, comfy.samplers.sampler_object("euler"), sigmas[step:step + 2],

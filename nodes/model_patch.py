@@ -142,33 +142,66 @@ def patch_block_output(model, hook_point: str, edit: BlockEdit):
 def patch_block_outputs(model, edits: dict[str, BlockEdit]):
     """One clone of `model` with `edit` run after each block named in `edits`."""
     m = model.clone()
-    model_sampling = m.get_model_object("model_sampling")
+    sampling = model_sampling(m)
     for hook_point, edit in edits.items():
         key = f"diffusion_model.{hook_point}.forward"
-        m.add_object_patch(key, _wrapped(m.get_model_object(key), edit, model_sampling))
+        m.add_object_patch(key, _wrapped(m.get_model_object(key), edit, sampling))
     return m
 
 
-def _step_info(opts: dict, model_sampling) -> dict:
+def _step_info(opts: dict, sampling) -> dict:
     """What an edit is told about the current step: sigma, the model's timestep (0..999), the options."""
     sigma = current_sigma(opts)
-    timestep = float(model_sampling.timestep(torch.tensor(sigma))) if sigma is not None else 0.0
+    timestep = float(sampling.timestep(torch.tensor(sigma))) if sigma is not None else 0.0
     return {"sigma": sigma, "timestep": timestep, "transformer_options": opts}
 
 
-def _wrapped(inner, edit: BlockEdit, model_sampling):
+def _wrapped(inner, edit: BlockEdit, sampling):
     def forward(*args, **kwargs):
         out = inner(*args, **kwargs)
-        return edit(out, _step_info(_transformer_options(args, kwargs), model_sampling))
+        return edit(out, _step_info(_transformer_options(args, kwargs), sampling))
     return forward
 
 
-def erase_patch(model, loaded: LoadedSAE, erasers: list, cond_only: bool, start_percent: float, end_percent: float):
-    """Clone of `model` in which each block of the SAE (set) runs its eraser (one per member of
-    `loaded.blocks`, same order) within the window."""
+class ErasePatch:
+    """An eraser as a ComfyUI model patch. ComfyUI's model management calls `.to(device)` and
+    `.to(dtype)` on model patches when it loads or offloads the model (model_patches_to), so the
+    SAE copy follows the model instead of being converted on the first sampling step (or kept on
+    the GPU after the model left it); ModelPatcher.clone deep-copies model_options, and the
+    eraser is immutable config, so a copy is the same patch."""
+
+    def __init__(self, eraser):
+        self.eraser = eraser
+
+    def to(self, device_or_dtype, _dtype=torch.dtype, _device=torch.device):
+        # (torch types bound as defaults: ComfyUI also calls .to() from __del__ at interpreter exit)
+        place = getattr(self.eraser, "place", None)  # a plain callable (tests) has nothing to move
+        if place is not None:
+            if isinstance(device_or_dtype, _dtype):
+                place(dtype=device_or_dtype)
+            else:
+                place(device=_device(device_or_dtype))
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def model_sampling(model):
+    """The model's sampling object (sigma <-> timestep, the schedule's range)."""
+    return model.get_model_object("model_sampling")
+
+
+def erase_patch(model, loaded: LoadedSAE, make_eraser: Callable[[LoadedSAE], Callable], cond_only: bool,
+                start_percent: float, end_percent: float):
+    """Clone of `model` in which each block of the SAE (set) runs its eraser within the window.
+
+    The SAE is checked against the model first; then `make_eraser(member)` builds the eraser of
+    each member of `loaded.blocks` (so a misfit SAE is named before its concepts are looked up)."""
     check_compatible(model, loaded)
     check_window(start_percent, end_percent)  # a NaN window would fail deep inside percent_to_sigma
-    ms = model.get_model_object("model_sampling")
+    erasers = [make_eraser(member) for member in loaded.blocks]
+    ms = model_sampling(model)
     sigma_start, sigma_end = ms.percent_to_sigma(start_percent), ms.percent_to_sigma(end_percent)
 
     def edit_with(eraser):
@@ -184,21 +217,20 @@ def erase_patch(model, loaded: LoadedSAE, erasers: list, cond_only: bool, start_
     for m, e in pairs:
         if m.info.hook_point == CONTEXT:
             patched.set_model_attn2_patch(_context_patch(edit_with(e), ms))
-    # Listed as model patches so ComfyUI's model management moves the SAEs with the model
-    # (model_patches_to: device on load, model dtype, offload device on unload).
-    patches = patched.model_options["transformer_options"].setdefault("patches", {})
-    patches.setdefault(SAE_PATCH_KEY, []).extend(erasers)
+    # Listed as model patches so ComfyUI's model management moves the SAEs with the model.
+    for e in erasers:
+        patched.set_model_patch(ErasePatch(e), SAE_PATCH_KEY)
     return patched
 
 
-def _context_patch(edit: BlockEdit, model_sampling):
+def _context_patch(edit: BlockEdit, sampling):
     """An attn2 patch: the text states every cross-attention reads, edited before each read.
     All blocks of one forward get the same context tensor; the edit runs once for it."""
     last = {"in": None, "out": None}
 
     def patch(n, context, value, extra_options):
         if context is not last["in"]:
-            last["in"], last["out"] = context, edit(context, _step_info(extra_options, model_sampling))
+            last["in"], last["out"] = context, edit(context, _step_info(extra_options, sampling))
         out = last["out"]
         return n, out, (out if value is context else value)
 

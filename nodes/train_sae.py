@@ -6,13 +6,13 @@ import shutil
 from types import SimpleNamespace
 
 import torch
-from comfy_api.latest import io
 
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
 import comfy.utils
 import folder_paths
+from comfy_api.latest import io
 
 from saemnesia_core import SAEError, SAEInfo, TrainingCancelled, load_sae
 from saemnesia_core.activations import INDEX, ActivationStore, ActivationWriter
@@ -75,7 +75,9 @@ class TrainSAEFromPrompts(io.ComfyNode):
                 io.Model.Input("model", tooltip="The model to train the SAE for (sampled, never changed)."),
                 io.Clip.Input("clip", tooltip="Its text encoder: turns each prompt into conditioning."),
                 io.Latent.Input("latent", tooltip="An empty latent: activations are collected at its size (width x height in px)."),
-                io.String.Input("name", default="my_sae", tooltip="File name in models/sae (without .safetensors); also names the work folder output/saemnesia_runs/<name>."),
+                io.String.Input("name", default="my_sae",
+                                tooltip="File name in models/sae (without .safetensors); also names the work folder "
+                                        "output/saemnesia_runs/<name>."),
                 io.String.Input("objects", default="", multiline=True, placeholder="objects: cat, dog, car",
                                 tooltip="Objects to learn, comma or line separated; each fills {object} in the templates."),
                 io.String.Input("styles", default="", multiline=True, placeholder="styles: van gogh, watercolor",
@@ -91,8 +93,10 @@ class TrainSAEFromPrompts(io.ComfyNode):
                                 "output_blocks.4.1 (SD1.x objects) or output_blocks.5.1 (styles); 'context' = the text "
                                 "states every cross-attention reads; several, comma separated, train one SAE set "
                                 "(one file, erased at every one of them); auto picks one block."),
-                io.Int.Input("steps", default=20, min=1, max=200, tooltip="Denoising steps per prompt while collecting (the block output is recorded at every step)."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1, tooltip="Classifier-free guidance scale while collecting, as in KSampler."),
+                io.Int.Input("steps", default=20, min=1, max=200,
+                             tooltip="Denoising steps per prompt while collecting (the block output is recorded at every step)."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1,
+                               tooltip="Classifier-free guidance scale while collecting, as in KSampler."),
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
                                tooltip="Sampler used while collecting, as in KSampler."),
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal",
@@ -101,7 +105,8 @@ class TrainSAEFromPrompts(io.ComfyNode):
                              tooltip="Pictures sampled per prompt (collection time grows with it)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
                              tooltip="Seed of the collection noise and of the SAE's initialisation."),
-                io.Int.Input("expansion", default=16, min=1, max=64, tooltip="SAE size: latents = block channels x expansion (16 = SAeUron's 20480 on SD1.5)."),
+                io.Int.Input("expansion", default=16, min=1, max=64,
+                             tooltip="SAE size: latents = block channels x expansion (16 = SAeUron's 20480 on SD1.5)."),
                 io.Int.Input("k", default=32, min=1, max=1024, tooltip="Latents active per position (TopK); 32 in SAeUron."),
                 io.Int.Input("train_steps", default=2000, min=1, max=1_000_000,
                              tooltip="Optimiser steps (batches); supervision starts after 30% of them."),
@@ -109,11 +114,15 @@ class TrainSAEFromPrompts(io.ComfyNode):
                              tooltip="Activation vectors (positions) per training step."),
                 io.Float.Input("learning_rate", default=4e-4, min=1e-6, max=1e-1, step=1e-5,
                                tooltip="Adam learning rate, decayed linearly to 0 (4e-4 in SAeUron)."),
-                io.Boolean.Input("supervised", default=True, tooltip="SAEmnesia: tie each labelled concept to one latent (from 30% of the steps on); off = plain SAeUron SAE."),
+                io.Boolean.Input("supervised", default=True,
+                                 tooltip="SAEmnesia: tie each labelled concept to one latent (from 30% of the steps on); "
+                                         "off = plain SAeUron SAE."),
                 io.Boolean.Input("overwrite", default=False, tooltip="Replace an existing models/sae/<name>.safetensors; off = refuse."),
             ],
             outputs=[SAE.Output(display_name="SAE", tooltip="The trained SAE (also saved in models/sae), for Erase Concepts."),
-                     io.String.Output(display_name="report", tooltip="Where it was saved, its concepts, FVU (share of the block output it fails to reconstruct, lower is better), dead latents and time.")],
+                     io.String.Output(display_name="report",
+                                      tooltip="Where it was saved, its concepts, FVU (share of the block output it fails to "
+                                              "reconstruct, lower is better), dead latents and time.")],
             hidden=[io.Hidden.unique_id],
             is_output_node=True,
         )

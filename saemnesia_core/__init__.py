@@ -2,8 +2,9 @@
 from .checkpoint import LoadedSAE, SAEInfo, load_sae, save_sae
 from .concepts import ConceptIndex
 from .errors import IncompatibleSAEError, SAEError, SAEFileError, TrainingCancelled, UnknownConceptError
-from .intervention import ConceptEraser, parse_concepts
+from .intervention import ConceptEraser
+from .prompts import split_list
 from .sae import TopKSAE
 
 __all__ = ["ConceptEraser", "ConceptIndex", "IncompatibleSAEError", "LoadedSAE", "SAEError", "SAEFileError",
-           "SAEInfo", "TopKSAE", "TrainingCancelled", "UnknownConceptError", "load_sae", "parse_concepts", "save_sae"]
+           "SAEInfo", "TopKSAE", "TrainingCancelled", "UnknownConceptError", "load_sae", "save_sae", "split_list"]

@@ -393,4 +393,5 @@ def load_sparsify_folder(folder: str, device="cpu", hook_point: str | None = Non
                            "styles), or add \"hookpoint\": \"unet.up_blocks.1.attentions.1\" to its cfg.json.")
     hook = diffusers_to_ldm(given or label)
     family = cfg.get("model_family", "unknown")
-    return LoadedSAE(sae, SAEInfo(hook, family if isinstance(family, str) else "unknown", ConceptIndex(), {"imported_from": "sparsify", "cfg": cfg}, folder))
+    family = family if isinstance(family, str) else "unknown"
+    return LoadedSAE(sae, SAEInfo(hook, family, ConceptIndex(), {"imported_from": "sparsify", "cfg": cfg}, folder))

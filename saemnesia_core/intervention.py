@@ -20,12 +20,6 @@ from .sae import TopKSAE
 _NEURON = re.compile(r"^\s*(?:neuron\s*[:#]?|#)\s*(\d+)\s*$", re.IGNORECASE)
 
 
-def parse_concepts(text: str | list[str]) -> list[str]:
-    """'cat, sketch\\nneuron:12' -> ['cat', 'sketch', 'neuron:12']; blank entries dropped."""
-    items = text if isinstance(text, list) else re.split(r"[,\n;]", text)
-    return [s.strip() for s in items if s and s.strip()]
-
-
 def split_anchor(spec: str):
     """'star -> heart' -> ('star', 'heart'); 'star ->' -> ('star', None): no anchor;
     'star' -> ('star', ...): the SAE's own anchor for it (Ellipsis = not given)."""
@@ -88,6 +82,23 @@ def resolve_spec(index: ConceptIndex, spec: str) -> Concept | int:
     return n if n is not None else index.get(spec)
 
 
+def resolve_entry(index: ConceptIndex, spec: str | int | Concept, n_latents: int) -> Concept | int:
+    """resolve_spec for whatever names a concept or latent (an entry of the concepts text, a raw
+    latent index, a Concept), with a raw latent checked against the SAE's size."""
+    c = resolve_spec(index, spec) if isinstance(spec, str) else spec
+    if isinstance(c, int) and not 0 <= c < n_latents:
+        raise SAEError(f"'{spec}': this SAE has latents 0..{n_latents - 1}. Pick an index in that range.")
+    return c
+
+
+def concept_latents(c: Concept, bucket: int) -> list[int]:
+    """The latents that carry a concept at a timestep bucket: its own latent (SAEmnesia), else its
+    selection for that bucket (SAeUron; the last one past the end)."""
+    if c.latent is not None:
+        return [c.latent]
+    return list(c.selections[min(bucket, len(c.selections) - 1)].latents)
+
+
 class ConceptEraser:
     """Callable that erases the given concepts from one block's output."""
 
@@ -102,7 +113,7 @@ class ConceptEraser:
         if strength < 0:
             raise SAEError(f"strength is {strength}; give 0 (off), 1 (as published) or more.")
         if multiplier is not None:
-            multiplier = finite(multiplier, "multiplier", "give a number such as -1.5, or 0 for the SAE's default.")
+            multiplier = finite(multiplier, "multiplier", "give a number such as -1.5 (None: the SAE's own).")
         if detect_scale is not None:
             detect_scale = finite(detect_scale, "detect_scale", "give 0 or more.")
         self.sae = sae
@@ -122,13 +133,11 @@ class ConceptEraser:
         resolved = []  # (the entry as typed, its name or latent, its concept or latent index, anchor given)
         for full in self.concepts:
             spec, anchor = split_anchor(full)
-            resolved.append((full, spec, resolve_spec(index, spec), anchor))
+            resolved.append((full, spec, resolve_entry(index, spec, self.sae.n_latents), anchor))
         erased = {c.name for _, _, c, _ in resolved if not isinstance(c, int)}
         for full, spec, c, anchor in resolved:
             if isinstance(c, int):
                 n = c
-                if not 0 <= n < self.sae.n_latents:
-                    raise SAEError(f"'{spec}': this SAE has latents 0..{self.sae.n_latents - 1}. Pick an index in that range.")
                 m = multiplier if multiplier is not None else index.default_multiplier
                 chosen.setdefault(n, (0.0, 1.0, m))
                 continue
@@ -170,23 +179,14 @@ class ConceptEraser:
                                      shift_rows)
 
     # --- device handling ----------------------------------------------------------------
-    # ComfyUI moves model patches with `.to(device)` and `.to(dtype)` when it loads or
-    # offloads the model, so the SAE copy follows the model instead of being converted on
-    # the first sampling step (or kept on the GPU after the model left it).
-    def to(self, device_or_dtype, _dtype=torch.dtype, _device=torch.device):
-        # (torch types bound as defaults: ComfyUI also calls .to() from __del__ at interpreter exit)
+    def place(self, device=None, dtype=None) -> TopKSAE:
+        """Keep the SAE copy on `device` / in `dtype` (None: where it is now), so it can follow
+        the model when the host moves it instead of being converted on the first edit."""
         current = next(iter(self._sae_cache.values()), self.sae)
-        device, dtype = current.W_dec.device, current.W_dec.dtype
-        if isinstance(device_or_dtype, _dtype):
-            dtype = device_or_dtype
-        else:
-            device = _device(device_or_dtype)
-        self.sae_on(device, dtype)
-        self._device_targets.clear()
-        return self
-
-    def __deepcopy__(self, memo):
-        return self  # ModelPatcher.clone deep-copies model_options; the eraser is immutable config
+        device = current.W_dec.device if device is None else device
+        dtype = current.W_dec.dtype if dtype is None else dtype
+        self._device_targets.clear()  # targets are re-made on the device of the next edit
+        return self.sae_on(device, dtype)
 
     def sae_on(self, device, dtype) -> TopKSAE:
         key = (str(device), dtype)

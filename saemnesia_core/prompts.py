@@ -22,8 +22,22 @@ class LabelledPrompt:
     labels: dict[str, str] = field(default_factory=dict)  # concept name -> kind
 
 
-def split_list(text: str) -> list[str]:
-    return [s.strip() for s in re.split(r"[,\n]", text or "") if s.strip()]
+# The one list grammar: Erase's concepts, Train's objects, styles and hook points, and (served with
+# every concept list by the pack's route) the picker's editing of the concepts text.
+LIST_SEPARATORS = ",;\n"
+_LIST_SPLIT = re.compile(f"[{re.escape(LIST_SEPARATORS)}]")
+
+
+def split_list(text: str | list[str]) -> list[str]:
+    """'cat, sketch\nneuron:12; ink' -> ['cat', 'sketch', 'neuron:12', 'ink']; blank entries dropped.
+    A list is taken as already split."""
+    items = text if isinstance(text, list) else _LIST_SPLIT.split(text or "")
+    return [s.strip() for s in items if s and s.strip()]
+
+
+def template_lines(text: str) -> list[str]:
+    """The templates box: one template per line; empty = the default template."""
+    return [t for t in (text or "").splitlines()] or list(DEFAULT_TEMPLATES)
 
 
 def build_prompts(objects: list[str], styles: list[str], templates=DEFAULT_TEMPLATES) -> list[LabelledPrompt]:
@@ -94,10 +108,26 @@ def assemble_prompts(objects: str, styles: str, templates: str, labelled_lines: 
     prompts = []
     o, s = split_list(objects), split_list(styles)
     if o or s:
-        prompts += build_prompts(o, s, [t for t in (templates or "").splitlines()] or DEFAULT_TEMPLATES)
+        prompts += build_prompts(o, s, template_lines(templates))
     prompts += parse_labelled_lines(labelled_lines)
     if not prompts:
         raise SAEError("The prompt list is empty. Give objects and/or styles (with a template such as "
                        "'a {object} in {style} style'), or 'label: prompt' lines.")
     concept_kinds(prompts)  # bad or conflicting names fail here, before any sampling
     return prompts
+
+
+def planned_concepts(objects: str, styles: str, templates: str, labelled_lines: str) -> list[tuple[str, str]]:
+    """(name, kind) of the concepts the Train node's text boxes name, objects first, then styles,
+    then labelled lines. Grammar only: the names are not checked (training refuses bad ones), so a
+    preview still shows, escaped, what a shared workflow carries."""
+    kinds: dict[str, str] = {}
+    lines = [t.strip() for t in template_lines(templates)]
+    for placeholder, names, kind in (("{object}", objects, "object"), ("{style}", styles, "style")):
+        if any(placeholder in t for t in lines):
+            for name in split_list(names):
+                kinds.setdefault(name, kind)
+    for p in parse_labelled_lines(labelled_lines):
+        for name, kind in p.labels.items():
+            kinds.setdefault(name, kind)
+    return list(kinds.items())

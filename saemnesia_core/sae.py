@@ -99,11 +99,6 @@ class TopKSAE(nn.Module):
             indices = torch.cat([indices, self.reserved.expand(pre.shape[0], -1)], 1)
         return SparseCode(values, indices)
 
-    def dense(self, code: SparseCode) -> torch.Tensor:
-        """Scatter a sparse code into a dense [tokens, n_latents] matrix."""
-        z = code.values.new_zeros(code.values.shape[0], self.n_latents)
-        return z.scatter_(1, code.indices, code.values)
-
     def latent_activations(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """Activations of chosen latents under per-token TopK, [tokens, len(latents)].
 
@@ -119,26 +114,11 @@ class TopKSAE(nn.Module):
         out = F.embedding_bag(code.indices, self.W_dec, per_sample_weights=code.values, mode="sum")
         return out + self.b_dec
 
-    def decode_dense(self, z: torch.Tensor) -> torch.Tensor:
-        return z @ self.W_dec + self.b_dec
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction x_hat (no error term)."""
         return self.decode(self.encode(x))
 
-    def reconstruction_error(self, x: torch.Tensor) -> torch.Tensor:
-        return x - self(x)
-
     # --- training helpers -----------------------------------------------------------
-    def batch_topk(self, x: torch.Tensor) -> torch.Tensor:
-        """BatchTopK: keep the k*batch largest activations over the whole batch; dense z."""
-        pre = self.pre_activations(x)
-        n_keep = min(self.k * x.shape[0], pre.numel())
-        flat = pre.flatten()
-        vals, idx = flat.topk(n_keep, sorted=False)
-        z = torch.zeros_like(flat).scatter_(0, idx, vals)
-        return z.view_as(pre)
-
     @torch.no_grad()
     def normalize_decoder(self):
         self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))

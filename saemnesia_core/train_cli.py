@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import asdict
 
 import torch
 
 from .activations import ActivationStore
 from .checkpoint import SAEInfo, save_sae
 from .errors import SAEError
-from .training import TrainConfig, Trainer, build_index, dead_fraction, final_fvu
+from .training import TrainConfig, Trainer, build_index, training_record
 
 
 def run(cfg: dict) -> dict:
@@ -43,9 +42,7 @@ def run(cfg: dict) -> dict:
     result = {}
     if rank == 0:
         index = build_index(sae, store, tc, trainer.state.assignment or None)
-        record = {"config": asdict(tc), "world_size": world, "fvu": round(final_fvu(sae, store), 5),
-                  "dead_fraction": round(dead_fraction(sae, store), 5), "seconds": round(trainer.state.seconds, 2),
-                  "tokens_seen": trainer.state.step * tc.batch_size, "history": trainer.state.history[-200:]}
+        record = training_record(trainer, sae, world_size=world)
         save_sae(cfg["out"], sae, SAEInfo(cfg.get("hook_point", store.meta.get("hook_point", "")),
                                           cfg.get("model_family", store.meta.get("model_family", "unknown")), index, record))
         result = record

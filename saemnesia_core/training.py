@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from . import sparse_ops
 from .activations import ActivationStore
 from .checkpoint import read_safetensors_metadata
 from .concepts import ConceptIndex, ConceptStats, assign_anchors, assign_latents, select_unsupervised, supervised_index
 from .errors import SAEError, TrainingCancelled
 from .fileio import save_safetensors_atomic
-from . import sparse_ops
 from .sae import TopKSAE, geometric_median
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -427,9 +427,14 @@ def train_sae(store: ActivationStore, cfg: TrainConfig, work_dir: str, progress:
     for p in sae.parameters():
         p.requires_grad_(False)
     index = build_index(sae, store, cfg, trainer.state.assignment or None, should_cancel)
-    record = {"config": asdict(cfg), "tokens_seen": trainer.state.step * cfg.batch_size,
-              "stored_tokens": store.n_tokens, "prompts": [p.text for p in store.prompts],
-              "fvu": round(final_fvu(sae, store), 5), "dead_fraction": round(dead_fraction(sae, store), 5),
-              "seconds": round(trainer.state.seconds, 2), "supervised": bool(trainer.state.assignment),
-              "history": trainer.state.history[-200:], "resumed": trainer.resumed}
-    return sae, index, record
+    return sae, index, training_record(trainer, sae)
+
+
+def training_record(trainer: Trainer, sae: TopKSAE, **extra) -> dict:
+    """What an SAE file records about its training (the node and the headless CLI alike)."""
+    store, cfg, state = trainer.store, trainer.cfg, trainer.state
+    return {"config": asdict(cfg), "tokens_seen": state.step * cfg.batch_size,
+            "stored_tokens": store.n_tokens, "prompts": [p.text for p in store.prompts],
+            "fvu": round(final_fvu(sae, store), 5), "dead_fraction": round(dead_fraction(sae, store), 5),
+            "seconds": round(state.seconds, 2), "supervised": bool(state.assignment),
+            "history": state.history[-200:], "resumed": trainer.resumed, **extra}

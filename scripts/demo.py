@@ -31,7 +31,7 @@ SHIPPED_SAE = {"object": "minicanvas_context_saemnesia.safetensors",
 
 
 def concept_kind(concept: str) -> str:
-    from saemnesia_core.minicanvas.data import OBJECTS, STYLES
+    from saemnesia_demo.data import OBJECTS, STYLES
     if concept in OBJECTS:
         return "object"
     if concept in STYLES:
@@ -72,8 +72,10 @@ def load_pictures(paths):
 
 def classify(paths):
     import torch
-    from saemnesia_core.minicanvas.classifier import load_classifiers
-    from saemnesia_core.minicanvas.data import OBJECTS as OBJ, STYLES as STY
+
+    from saemnesia_demo.classifier import load_classifiers
+    from saemnesia_demo.data import OBJECTS as OBJ
+    from saemnesia_demo.data import STYLES as STY
     clf, _ = load_classifiers()
     with torch.no_grad():
         o, s = clf.predict(load_pictures(paths))
@@ -84,9 +86,10 @@ def broken(before_paths, after_paths) -> list[bool]:
     """The benchmark's check (scoring v4): an erased picture is broken when its noise level or the
     demo model's denoising error rises past the margins over its unedited twin."""
     import torch
-    from saemnesia_core.minicanvas.bench import DENOISE_MARGIN, NOISE_MARGIN, denoising_error, noise_level
-    from saemnesia_core.minicanvas.text_encoder import encode_prompts
-    from saemnesia_core.minicanvas.unet import load_demo_unet
+
+    from saemnesia_demo.bench import DENOISE_MARGIN, NOISE_MARGIN, denoising_error, noise_level
+    from saemnesia_demo.text_encoder import encode_prompts
+    from saemnesia_demo.unet import load_demo_unet
     unet, _ = load_demo_unet()
 
     def eps(x, t, ctx):

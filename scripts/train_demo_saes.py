@@ -62,8 +62,9 @@ def train(names: list[str], threads: int):
     from tools import comfy_env
     folder_paths = comfy_env.import_comfy()
     comfy_env.import_pack()
-    from saemnesia_pack.nodes.demo_model import LoadDemoModel
+    from saemnesia_pack.nodes.demo.demo_model import LoadDemoModel
     from saemnesia_pack.nodes.train_sae import TrainSAEFromPrompts
+
     from saemnesia_core.fileio import copy_atomic
 
     os.makedirs(os.path.join(WORK, "sae"), exist_ok=True)
@@ -106,7 +107,7 @@ def _share_collection(model, latent, name: str):
 
 
 def calibrate(names: list[str], threads: int):
-    from saemnesia_core.minicanvas.bench import calibrate_shipped
+    from saemnesia_demo.bench import calibrate_shipped
     for name in names:
         if SPECS[name][1]:
             kinds = [k for k in ("objects", "styles") if k in name] or ["objects", "styles"]

@@ -30,8 +30,9 @@ def comfy():
 @pytest.fixture(scope="session")
 def sd15(comfy):
     """(MODEL, CLIP, VAE) of an SD1.5-shaped random checkpoint, loaded by ComfyUI."""
-    from tools import comfy_env
     import comfy.sd
+
+    from tools import comfy_env
     path = comfy_env.sd15_random_checkpoint()
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True)
     return model, clip, vae
@@ -92,11 +93,11 @@ def comfy_server(tmp_path_factory, comfy, pack):
       hostile.safetensors (a concept named HOSTILE_CONCEPT: the server must refuse it), the random
       SAeUron-layout SAE the SD 1.5 workflow picks, the pack's shipped SAEs (or candidates, see
       tools/workflows.py)."""
+    from saemnesia_core import SAEInfo, TopKSAE, save_sae
+    from saemnesia_core.concepts import Concept, ConceptIndex, Selection
     from tools import comfy_env
     from tools import workflows as wf
     from tools.comfy_server import ComfyServer
-    from saemnesia_core import SAEInfo, TopKSAE, save_sae
-    from saemnesia_core.concepts import Concept, ConceptIndex, Selection
     base = tmp_path_factory.mktemp("comfy-server")
     sae_dir = base / "models" / "sae"
     os.makedirs(sae_dir, exist_ok=True)  # files written in it: the sae folder lists only what is inside it

@@ -1,5 +1,4 @@
 """The pack inside the real ComfyUI, on an SD1.5-shaped checkpoint with random weights."""
-import os
 
 import pytest
 import torch
@@ -124,11 +123,30 @@ def test_window_limits_the_edit_to_its_steps(env, block_outputs):
     loaded = make_loaded(block_outputs)
     ms = env["model"].get_model_object("model_sampling")
     calls = []
-    patched = env["mp"].erase_patch(env["model"], loaded, [lambda h, t, rows: calls.append(t) or h],
+    patched = env["mp"].erase_patch(env["model"], loaded, lambda member: lambda h, t, rows: calls.append(t) or h,
                                     cond_only=False, start_percent=0.3, end_percent=1.0)
     seen = capture(env, patched, "output_blocks.5.1")
     inside = [info["timestep"] for _, info in seen if info["sigma"] <= ms.percent_to_sigma(0.3)]
     assert calls == inside and 0 < len(calls) < len(seen)  # the first (noisiest) step is outside
+
+
+def test_erasers_are_model_patches_that_follow_to_calls_and_survive_clone(env, block_outputs):
+    import copy
+
+    from saemnesia_core import ConceptEraser
+    loaded = make_loaded(block_outputs)
+    eraser = ConceptEraser(loaded.sae, loaded.index, ["thing"])
+    patched = env["mp"].erase_patch(env["model"], loaded, lambda member: eraser, cond_only=False,
+                                    start_percent=0.0, end_percent=1.0)
+    [patch] = patched.model_options["transformer_options"]["patches"][env["mp"].SAE_PATCH_KEY]
+    assert patch.eraser is eraser
+    assert patch.to(torch.float64) is patch  # ComfyUI calls .to(dtype) and .to(device) on model patches
+    assert eraser.place().W_dec.dtype == torch.float64
+    patched.model_patches_to(torch.float32)
+    assert eraser.place().W_dec.dtype == torch.float32
+    assert copy.deepcopy({"p": [patch]})["p"][0] is patch  # ModelPatcher.clone deep-copies model_options
+    [again] = patched.clone().model_options["transformer_options"]["patches"][env["mp"].SAE_PATCH_KEY]
+    assert again is patch
 
 
 def test_saved_and_reloaded_sae_gives_the_same_output(env, block_outputs, tmp_path):
@@ -156,3 +174,19 @@ def test_unknown_concept_lists_the_known_ones(env, block_outputs):
     with pytest.raises(KeyError) as e:
         erase(env, make_loaded(block_outputs), concepts="dog")
     assert "thing" in str(e.value)
+
+
+def test_multiplier_zero_is_reachable_and_old_graphs_keep_their_meaning(env, block_outputs, base_sample):
+    from saemnesia_pack.nodes.erase_concepts import EraseConcepts, chosen_multiplier
+    assert chosen_multiplier(0.0, None) is None and chosen_multiplier(-2.0, None) == -2.0  # saved before the switch
+    assert chosen_multiplier(0.0, False) == 0.0 and chosen_multiplier(-2.0, True) is None
+    loaded = make_loaded(block_outputs)
+
+    def erased(**kw):
+        out = EraseConcepts.execute(env["model"], loaded, "thing", "ablate", 1.0, 0.0, "both", 0.0, 1.0, **kw)
+        return sample(env, out.args[0])
+
+    by_default = erased()
+    assert torch.equal(erased(use_sae_multiplier=True), by_default)
+    zero = erased(use_sae_multiplier=False)  # the latent switched off, not the SAE's -5
+    assert not torch.equal(zero, by_default) and not torch.equal(zero, base_sample)

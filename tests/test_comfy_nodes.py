@@ -3,7 +3,6 @@ import os
 
 import pytest
 import torch
-
 from test_comfy_integration import LATENT, make_loaded
 
 pytestmark = pytest.mark.comfy
@@ -11,8 +10,9 @@ pytestmark = pytest.mark.comfy
 
 @pytest.fixture()
 def sae_dir(pack, tmp_path, monkeypatch):
-    import folder_paths
     from saemnesia_pack.nodes import sae_folder
+
+    import folder_paths
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "sae", ([str(tmp_path / "sae")], {".safetensors"}))
     monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
     os.makedirs(tmp_path / "sae")
@@ -36,11 +36,13 @@ def test_sae_folder_is_registered_keeping_configured_paths(pack):
 def test_the_packs_own_sae_folder_comes_after_the_users_and_its_files_load(pack, tmp_path, monkeypatch):
     """The SAEs shipped in the pack's models/sae are listed and load; the user's folders come
     first (a user's file of the same name wins) and new SAEs are saved in the user's folder."""
-    import folder_paths
-    from saemnesia_core import LoadedSAE, SAEInfo, TopKSAE, save_sae
-    from saemnesia_core.concepts import ConceptIndex
     from saemnesia_pack.nodes import sae_folder
     from saemnesia_pack.nodes.load_sae import LoadSAE
+
+    import folder_paths
+
+    from saemnesia_core import LoadedSAE, SAEInfo, TopKSAE, save_sae
+    from saemnesia_core.concepts import ConceptIndex
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     assert sae_folder.PACK_FOLDER == os.path.join(repo, "models", "sae")
     assert folder_paths.folder_names_and_paths["sae"][0][-1] == sae_folder.PACK_FOLDER  # registered at import
@@ -77,8 +79,9 @@ def test_the_packs_own_sae_folder_comes_after_the_users_and_its_files_load(pack,
 
 
 def test_load_sae_node_lists_and_loads_and_refuses_escapes(env, block_outputs, sae_dir):
-    from saemnesia_core import SAEError, SAEFileError, save_sae
     from saemnesia_pack.nodes.load_sae import LoadSAE
+
+    from saemnesia_core import SAEError, SAEFileError, save_sae
     loaded = make_loaded(block_outputs)
     save_sae(str(sae_dir / "thing.safetensors"), loaded.sae, loaded.info)
     (sae_dir / "broken.safetensors").write_bytes(b"\x00" * 20)
@@ -97,10 +100,12 @@ def test_load_sae_node_lists_and_loads_and_refuses_escapes(env, block_outputs, s
 
 
 def test_inspect_neuron_makes_a_heatmap_and_a_summary(env, block_outputs):
+    from saemnesia_pack.nodes.inspect_neuron import InspectNeuron
+
     import comfy.sample
+
     from saemnesia_core import SAEError
     from saemnesia_core.heatmap import colorize
-    from saemnesia_pack.nodes.inspect_neuron import InspectNeuron
     loaded = make_loaded(block_outputs)
     top = loaded.index.get("thing").latent
     lat = {"samples": torch.randn(LATENT)}
@@ -137,8 +142,9 @@ def test_inspect_neuron_makes_a_heatmap_and_a_summary(env, block_outputs):
 def test_every_input_and_output_says_what_it_is(pack):
     """Hovering any socket or widget tells an artist what it does (the frontend shows these tooltips)."""
     from saemnesia_pack.nodes import NODES
+    from saemnesia_pack.nodes.demo import DEMO_NODES
     missing = []
-    for node in NODES:
+    for node in [*NODES, *DEMO_NODES]:
         s = node.define_schema()
         missing += [f"{s.node_id}.{i.id}" for i in s.inputs if not (i.tooltip or "").strip()]
         missing += [f"{s.node_id} output {o.display_name or o.io_type}" for o in s.outputs if not (o.tooltip or "").strip()]
@@ -161,6 +167,7 @@ def train(env, name, overwrite=False, **kw):
 
 def test_train_node_trains_saves_resumes_and_refuses_overwrite(env, sae_dir, monkeypatch):
     import comfy.model_management as mm
+
     from saemnesia_core import SAEError, load_sae
     # cancel in the middle of training: the run keeps its last checkpoint
     calls = {"n": 0}
@@ -228,10 +235,12 @@ def test_a_cancelled_run_survives_a_run_with_other_settings_and_still_resumes(en
 def test_overwrite_off_checks_every_folder_load_sae_lists(pack, env, sae_dir, tmp_path, monkeypatch):
     """Training a name that exists in any listed sae folder is refused while overwrite is off,
     and the names of the SAEs shipped in the pack's models/sae are never taken."""
+    from saemnesia_pack.nodes import sae_folder
+
     import folder_paths
+
     from saemnesia_core import SAEError, SAEInfo, TopKSAE, save_sae
     from saemnesia_core.concepts import ConceptIndex
-    from saemnesia_pack.nodes import sae_folder
     shipped, extra = tmp_path / "pack_sae", tmp_path / "extra_sae"
     shipped.mkdir()
     extra.mkdir()

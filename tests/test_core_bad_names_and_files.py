@@ -9,15 +9,15 @@ import struct
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_core_sae import make_sae
 
 from saemnesia_core import ConceptEraser, SAEError, SAEFileError, SAEInfo, load_sae, save_sae
 from saemnesia_core.activations import ActivationWriter
 from saemnesia_core.checkpoint import load_sparsify_folder
 from saemnesia_core.concepts import Concept, ConceptIndex, Selection, check_concept_name
 from saemnesia_core.fileio import save_json_atomic
-from saemnesia_core.inspect import latents_for
+from saemnesia_core.neuron_report import latents_for
 from saemnesia_core.prompts import LabelledPrompt, assemble_prompts
-from test_core_sae import make_sae
 
 HOSTILE = ['<img src=x onerror=alert(1)>', 'a&b', 'say "hi"', "tab\there", "bell\x07", "new\nline", "esc\x1b[31m"]
 

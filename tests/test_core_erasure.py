@@ -1,11 +1,10 @@
 import pytest
 import torch
+from test_core_sae import make_sae
 
-from saemnesia_core import ConceptEraser, SAEError
+from saemnesia_core import ConceptEraser, SAEError, split_list
 from saemnesia_core.concepts import Concept, ConceptIndex, Selection
 from saemnesia_core.erasure import ErasureTarget, ablate, detect, replace, scale_neurons
-from saemnesia_core.intervention import parse_concepts
-from test_core_sae import make_sae
 
 
 def firing_setup(seed=0):
@@ -130,19 +129,18 @@ def test_eraser_modes_and_raw_neurons():
         ConceptEraser(sae, idx, ["thing"])(torch.randn(1, 8, 2, 2), 900.0)
 
 
-def test_parse_concepts():
-    assert parse_concepts("cat, Van Gogh\n neuron:12;;") == ["cat", "Van Gogh", "neuron:12"]
-    assert parse_concepts("  ") == []
+def test_one_list_grammar_for_every_box():
+    assert split_list("cat, Van Gogh\n neuron:12;;") == ["cat", "Van Gogh", "neuron:12"]
+    assert split_list("  ") == [] and split_list(None) == []
+    assert split_list([" a ", "", "b"]) == ["a", "b"]
 
 
-def test_eraser_follows_to_calls_and_survives_deepcopy():
-    import copy
+def test_eraser_placed_in_another_dtype_edits_in_it():
     sae, L, x = firing_setup()
     er = ConceptEraser(sae, _index(L), ["thing"], mode="neuron")
-    assert er.to(torch.float64) is er  # ComfyUI calls .to(dtype) and .to(device) on model patches
-    copy_ = next(iter(er._sae_cache.values()))
+    copy_ = er.place(dtype=torch.float64)  # a host moving its model moves the eraser's SAE copy with it
     assert copy_.W_dec.dtype == torch.float64 and copy_ is not sae
-    assert copy.deepcopy({"p": [er]})["p"][0] is er  # ModelPatcher.clone deep-copies model_options
+    assert er.place() is copy_  # None keeps where it is
     h = x.double().unsqueeze(0)
     out = er(h, 900.0)
     assert out.dtype == torch.float64 and not torch.equal(out, h)

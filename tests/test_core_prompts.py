@@ -1,7 +1,13 @@
 import pytest
 
 from saemnesia_core import SAEError
-from saemnesia_core.prompts import assemble_prompts, build_prompts, concept_kinds, parse_labelled_lines
+from saemnesia_core.prompts import (
+    assemble_prompts,
+    build_prompts,
+    concept_kinds,
+    parse_labelled_lines,
+    planned_concepts,
+)
 
 
 def test_templates_cross_objects_and_styles_with_labels():
@@ -25,3 +31,13 @@ def test_empty_and_conflicting_inputs_are_refused():
         build_prompts(["cat"], [], ["a photo"])
     with pytest.raises(SAEError, match="both"):
         concept_kinds(parse_labelled_lines("object/ink: a\nstyle/ink: b"))
+
+
+def test_planned_concepts_read_the_train_boxes_as_training_does():
+    """What the picker offers before an SAE is trained (served by the pack's route)."""
+    planned = planned_concepts("cat; dog", "ink", "a {object} in {style} style",
+                               "style/Van Gogh: a starry night  # comment\nobject/cat: again\nno label here")
+    assert planned == [("cat", "object"), ("dog", "object"), ("ink", "style"), ("Van Gogh", "style")]
+    assert planned_concepts("cat", "ink", "a photo of a {object}", "") == [("cat", "object")]  # no {style}
+    assert planned_concepts("cat", "ink", "", "") == [("cat", "object"), ("ink", "style")]  # the default template
+    assert planned_concepts("<b>x</b>", "", "", "") == [("<b>x</b>", "object")]  # shown escaped, refused at training

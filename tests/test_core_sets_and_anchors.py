@@ -4,13 +4,13 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_core_sae import make_sae
 
 from saemnesia_core import ConceptEraser, SAEError, SAEFileError, SAEInfo, load_sae, save_sae
 from saemnesia_core.checkpoint import CONTEXT, save_sae_set
 from saemnesia_core.concepts import Concept, ConceptIndex, assign_anchors
 from saemnesia_core.erasure import ErasureTarget, scale_neurons
 from saemnesia_core.intervention import split_anchor
-from test_core_sae import make_sae
 
 
 def supervised_index(names_kinds: dict[str, str], latents: dict[str, int]) -> ConceptIndex:

@@ -3,12 +3,12 @@ import os
 
 import pytest
 import torch
+from synthetic import OBJECTS, STYLES, write_store
 
 from saemnesia_core import SAEError, TrainingCancelled
-from saemnesia_core.activations import ActivationStore, ActivationWriter
+from saemnesia_core.activations import ActivationWriter
 from saemnesia_core.prompts import LabelledPrompt
 from saemnesia_core.training import CHECKPOINT, TrainConfig, Trainer, train_sae
-from synthetic import OBJECTS, STYLES, write_store
 
 CFG = dict(n_latents=64, k=4, batch_size=128, dead_tokens=2000, checkpoint_every=10, seed=3, lr=5e-3)
 

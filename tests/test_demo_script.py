@@ -36,7 +36,8 @@ def test_broken_check_flags_noise_and_passes_the_same_picture(tmp_path):
     unedited picture itself is not."""
     import numpy as np
     from PIL import Image
-    from saemnesia_core.minicanvas import data
+
+    from saemnesia_demo import data
     img = data.render(4, 1, np.random.default_rng(0))  # a star in stripes, [-1, 1]
     clean = ((img.permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype("uint8")
     noisy = (clean.astype(np.float32) + np.random.default_rng(1).normal(0, 60, clean.shape)).clip(0, 255).astype("uint8")

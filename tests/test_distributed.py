@@ -4,10 +4,9 @@ import os
 import subprocess
 import sys
 
-import pytest
+from synthetic import write_store
 
 from saemnesia_core import load_sae
-from synthetic import write_store
 
 
 def _config(tmp, store_dir, name):

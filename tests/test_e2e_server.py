@@ -2,8 +2,8 @@
 import os
 
 import pytest
-
 from conftest import HOSTILE_CONCEPT
+
 from tools import workflows as wf
 
 pytestmark = pytest.mark.e2e
@@ -192,8 +192,8 @@ def test_erase_nan_and_unknown_apply_to_fail_before_sampling(server, inputs, wor
 
 
 def write_hostile(folder, name, record_text):
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
     sae = {"W_enc": torch.zeros(8, 4), "b_enc": torch.zeros(8), "W_dec": torch.zeros(8, 4), "b_dec": torch.zeros(4)}
     save_file(sae, os.path.join(folder, name), metadata={"format": "saemnesia-sae", "saemnesia": record_text})
 

@@ -1,11 +1,20 @@
 """The benchmark's metrics follow UnlearnCanvas's definitions; merged worker results equal one run's."""
 import torch
 
-from saemnesia_core.minicanvas import data
-from saemnesia_core.minicanvas.bench import (DENOISE_MARGIN, NOISE_MARGIN, Answers, denoising_error, merge,
-                                             noise_level, paraphrase, summarize, validation_pairs)
-from saemnesia_core.minicanvas.text_encoder import encode_prompts
-from saemnesia_core.minicanvas.unet import load_demo_unet
+from saemnesia_demo import data
+from saemnesia_demo.bench import (
+    DENOISE_MARGIN,
+    NOISE_MARGIN,
+    Answers,
+    denoising_error,
+    merge,
+    noise_level,
+    paraphrase,
+    summarize,
+    validation_pairs,
+)
+from saemnesia_demo.text_encoder import encode_prompts
+from saemnesia_demo.unet import load_demo_unet
 
 
 def answers(pred_obj, pred_style, broken=None):

@@ -5,8 +5,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from saemnesia_core.minicanvas import classifier, data
-
+from saemnesia_demo import classifier, data
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

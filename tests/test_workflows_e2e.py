@@ -88,8 +88,9 @@ def what_classifiers_see(pictures: list) -> list[str]:
     """The shipped MiniCanvas judges' reading of each picture (reported, not asserted: how well
     an SAE erases is measured by the benchmark, not by this test)."""
     import torch
-    from saemnesia_core.minicanvas.classifier import load_classifiers
-    from saemnesia_core.minicanvas.data import OBJECTS, STYLES
+
+    from saemnesia_demo.classifier import load_classifiers
+    from saemnesia_demo.data import OBJECTS, STYLES
     clf, _ = load_classifiers()
     small = [p[::wf.VIEW_SCALE, ::wf.VIEW_SCALE] for p in pictures]  # undo the nearest 4x enlargement exactly
     x = torch.stack([torch.from_numpy(p.astype(np.float32) / 127.5 - 1).permute(2, 0, 1) for p in small])

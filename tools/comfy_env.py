@@ -14,8 +14,8 @@ def import_comfy():
         sys.path.insert(0, COMFYUI)
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
-    import comfy.options
     import comfy.cli_args
+    import comfy.options
     comfy.cli_args.args.cpu = True  # before model_management is imported: no CUDA here
     import comfy.model_management  # noqa: F401
     import folder_paths
@@ -69,6 +69,7 @@ def sd15_random_checkpoint(seed: int = 0) -> str:
         return path
     import_comfy()
     import torch
+
     import comfy.model_patcher
     import comfy.sd
     import comfy.supported_models

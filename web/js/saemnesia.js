@@ -18,7 +18,6 @@ const TRAIN = "SAEmnesiaTrainSAEFromPrompts";
 const PICKER = "add concept";
 const CURVE = "training curve";
 const PICKER_TIP = "Pick a concept of the connected SAE to add it to (or remove it from) 'concepts'.";
-const SEP = /[,;\n]/;
 const MAX_HOPS = 32;
 
 // The combo menu puts option labels into innerHTML, and concept names and kinds come from SAE
@@ -58,15 +57,19 @@ function fetchConcepts(name) {
 
 // ---------------------------------------------------------------- concepts text <-> list
 
-export function splitConcepts(text) {
-  return String(text ?? "")
-    .split(SEP)
-    .map((s) => s.trim())
-    .filter(Boolean);
+// The concepts text is split as the server splits it: its separators come with every concept list
+// (the picker only offers names once it has one).
+export function splitConcepts(text, separators) {
+  const items = [""];
+  for (const ch of String(text ?? "")) {
+    if (String(separators ?? "").includes(ch)) items.push("");
+    else items[items.length - 1] += ch;
+  }
+  return items.map((s) => s.trim()).filter(Boolean);
 }
 
-function toggleConcept(text, name) {
-  const items = splitConcepts(text);
+function toggleConcept(text, name, separators) {
+  const items = splitConcepts(text, separators);
   const at = items.findIndex((s) => s.toLowerCase() === name.toLowerCase());
   if (at >= 0) items.splice(at, 1);
   else items.push(name);
@@ -75,30 +78,20 @@ function toggleConcept(text, name) {
 
 // ---------------------------------------------------------------- where does the SAE come from
 
-function splitList(text) {
-  return String(text ?? "")
-    .split(/[,\n]/)
-    .map((s) => s.trim())
-    .filter(Boolean);
-}
+const TRAIN_BOXES = ["objects", "styles", "templates", "labelled_prompts"];
 
-const LABEL_LINE = /^\s*(?:(object|style|concept)\s*\/\s*)?([^:]{1,80}?)\s*:\s*(.+)$/i;
-
-// The concepts a Train SAE node will index, read from its text boxes (used until the file exists).
-function conceptsPlannedBy(train) {
-  const seen = new Map();
-  const add = (name, kind) => {
-    if (!seen.has(name)) seen.set(name, { name, kind, latent: null });
-  };
-  const templates = String(widgetOf(train, "templates")?.value ?? "");
-  if (templates.includes("{object}")) splitList(widgetOf(train, "objects")?.value).forEach((n) => add(n, "object"));
-  if (templates.includes("{style}")) splitList(widgetOf(train, "styles")?.value).forEach((n) => add(n, "style"));
-  for (const raw of String(widgetOf(train, "labelled_prompts")?.value ?? "").split("\n")) {
-    const line = raw.split("#", 1)[0].trim();
-    const m = line && LABEL_LINE.exec(line);
-    if (m && m[3].trim()) add(m[2].trim(), (m[1] ?? "concept").toLowerCase());
-  }
-  return [...seen.values()];
+// The concepts a Train SAE node will index (used until its file exists), parsed by the server
+// with the grammar training itself uses.
+async function fetchPlanned(train) {
+  const boxes = Object.fromEntries(TRAIN_BOXES.map((w) => [w, String(widgetOf(train, w)?.value ?? "")]));
+  const res = await api.fetchApi("/saemnesia/concepts", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(boxes),
+  });
+  const body = await res.json();
+  if (!res.ok) throw new Error(body?.error ?? `the server answered ${res.status}`);
+  return body;
 }
 
 function trainedFileName(train) {
@@ -148,7 +141,7 @@ function setPicker(node, patch) {
 
 function sourceKey(src, train) {
   if (src.kind === "train") {
-    return ["train", src.name, ...["objects", "styles", "templates", "labelled_prompts"].map((w) => widgetOf(train, w)?.value)].join("\u0001");
+    return ["train", src.name, ...TRAIN_BOXES.map((w) => widgetOf(train, w)?.value)].join("\u0001");
   }
   return `${src.kind}\u0001${src.name ?? src.title ?? ""}`;
 }
@@ -178,13 +171,21 @@ async function refreshPicker(node, force = false) {
       : `no concept index: type neuron:0..${(body.n_latents ?? 1) - 1}`;
     const picker = widgetOf(node, PICKER);
     if (picker) picker.tooltip = PICKER_TIP;
-    setPicker(node, { concepts, status, info: body, error: null });
+    setPicker(node, { concepts, status, info: body, separators: body.list_separators, error: null });
   } catch (err) {
     if (token !== state.token) return;
     if (src.kind === "train") {
       // not trained yet: offer the names the Train node is about to index
-      const concepts = conceptsPlannedBy(src.train);
-      setPicker(node, { concepts, info: null, error: null, status: `after training: ${describeKinds(concepts) || "none"}` });
+      let planned = null;
+      try {
+        planned = await fetchPlanned(src.train);
+      } catch {
+        planned = null; // the server could not read the boxes: nothing to offer yet
+      }
+      if (token !== state.token) return;
+      const concepts = (planned?.concepts ?? []).map((c) => ({ name: c.name, kind: c.kind, latent: null }));
+      setPicker(node, { concepts, info: null, separators: planned?.list_separators, error: null,
+                        status: `after training: ${describeKinds(concepts) || "none"}` });
     } else {
       const message = String(err?.message ?? err);
       const picker = widgetOf(node, PICKER);
@@ -213,7 +214,7 @@ function setupErase(node) {
     const state = node.saemnesia;
     if (value == null || value === "") return state.status;
     const c = state.concepts.find((x) => x.name === value);
-    const chosen = splitConcepts(text.value).some((s) => s.toLowerCase() === String(value).toLowerCase());
+    const chosen = splitConcepts(text.value, state.separators).some((s) => s.toLowerCase() === String(value).toLowerCase());
     const detail = c ? ` · ${c.kind}${c.latent != null ? ` · latent ${c.latent}` : ""}` : "";
     return `${chosen ? "✓" : "+"} ${value}${detail}`;
   };
@@ -234,7 +235,7 @@ function setupErase(node) {
     "",
     (value) => {
       if (value) {
-        text.value = toggleConcept(text.value, String(value));
+        text.value = toggleConcept(text.value, String(value), node.saemnesia.separators);
         text.callback?.(text.value);
       }
       picker.value = "";

@@ -24,10 +24,12 @@ from pathlib import Path
 
 import torch
 
+from saemnesia_core.checkpoint import diffusers_to_ldm
+
 from .text_encoder import EMBED_DIM, TOKEN_LENGTH
 
 META_KEY = "minicanvas_unet"
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "models" / "minicanvas" / "demo_unet.safetensors"
+DEFAULT_PATH = Path(__file__).resolve().parents[1] / "models" / "minicanvas" / "demo_unet.safetensors"
 
 SCHEDULE = {
     "num_train_timesteps": 1000,
@@ -108,26 +110,14 @@ def ldm_unet_config(config: dict) -> dict:
 
 
 def ldm_transformer_blocks(config: dict) -> dict:
-    """ComfyUI/LDM module names of the SpatialTransformer blocks, with their diffusers names."""
+    """ComfyUI/LDM module names of the SpatialTransformer blocks, with their diffusers names
+    (mapped by the core's diffusers_to_ldm, the one place that knows the two namings)."""
     nrb = int(config["layers_per_block"])
     has_attn = [t.startswith("CrossAttn") for t in config["down_block_types"]]
-    out: dict[str, str] = {}
-    idx = 1
-    for lvl, a in enumerate(has_attn):
-        for j in range(nrb):
-            if a:
-                out[f"input_blocks.{idx}.1"] = f"down_blocks.{lvl}.attentions.{j}"
-            idx += 1
-        if lvl < len(has_attn) - 1:
-            idx += 1  # downsample
-    out["middle_block.1"] = "mid_block.attentions.0"
-    idx = 0
-    for ulvl, a in enumerate(reversed(has_attn)):
-        for j in range(nrb + 1):
-            if a:
-                out[f"output_blocks.{idx}.1"] = f"up_blocks.{ulvl}.attentions.{j}"
-            idx += 1
-    return out
+    names = [f"down_blocks.{lvl}.attentions.{j}" for lvl, a in enumerate(has_attn) if a for j in range(nrb)]
+    names.append("mid_block.attentions.0")
+    names += [f"up_blocks.{lvl}.attentions.{j}" for lvl, a in enumerate(reversed(has_attn)) if a for j in range(nrb + 1)]
+    return {diffusers_to_ldm(name, layers_per_block=nrb): name for name in names}
 
 
 def metadata_for(config: dict, training: dict | None = None) -> dict:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from . import data
 
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "models" / "minicanvas" / "classifiers.safetensors"
+DEFAULT_PATH = Path(__file__).resolve().parents[1] / "models" / "minicanvas" / "classifiers.safetensors"
 META_KEY = "minicanvas_classifiers"
 
 

@@ -2,7 +2,7 @@
 
 The stock CLIPTextEncode / KSampler / VAEDecode nodes run it like any SD1 model; the
 empty latent is ``EmptyChromaRadianceLatentImage`` 32 x 32 (3-channel pixel space).
-The work is in nodes/minicanvas_model.py (built from ComfyUI's own classes).
+The work is in nodes/demo/minicanvas_model.py (built from ComfyUI's own classes).
 """
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import os
 
 from comfy_api.latest import io
 
-from .sae_type import CATEGORY, PREFIX, schema
+from ..sae_type import CATEGORY, PREFIX, schema
 
 DEFAULT_FILE = "demo_unet.safetensors"
 
 
 def _models_dir() -> str:
-    from saemnesia_core.minicanvas.unet import DEFAULT_PATH
+    from saemnesia_demo.unet import DEFAULT_PATH
     return str(DEFAULT_PATH.parent)
 
 
@@ -70,5 +70,3 @@ class LoadDemoModel(io.ComfyNode):
         model, clip, vae = comfy_model.load_all(_path(unet_name))
         return io.NodeOutput(model, clip, vae)
 
-
-NODES = [LoadDemoModel]

@@ -1,6 +1,6 @@
 """Train the MiniCanvas object and style classifiers.
 
-    python -m saemnesia_core.minicanvas.train_classifiers [--out models/minicanvas/classifiers.safetensors]
+    python -m saemnesia_demo.train_classifiers [--out models/minicanvas/classifiers.safetensors]
 
 Trains on freshly generated images with noise/blur/colour augmentation, measures accuracy
 on a held-out set (other seed) both clean and with augmentation, and writes one

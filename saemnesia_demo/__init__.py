@@ -4,12 +4,12 @@ Submodules (import them directly; nothing heavy is imported here):
 
 * ``data``               seeded image generator, OBJECTS / STYLES, prompts and labels
 * ``classifier``         object and style CNN judges (safetensors I/O)
-* ``train_classifiers``  ``python -m saemnesia_core.minicanvas.train_classifiers``
+* ``train_classifiers``  ``python -m saemnesia_demo.train_classifiers``
 * ``text_encoder``       frozen MiniLM per-token states [B, 16, 384], offline
 * ``unet``               the demo SD1-layout UNet: config, ``load_demo_unet``
 * ``sampling``           SD1 schedule + plain-torch DDIM sampler with CFG
-* ``train_diffusion``    ``python -m saemnesia_core.minicanvas.train_diffusion`` (resumable)
-* ``evaluate``           ``python -m saemnesia_core.minicanvas.evaluate``
+* ``train_diffusion``    ``python -m saemnesia_demo.train_diffusion`` (resumable)
+* ``evaluate``           ``python -m saemnesia_demo.evaluate``
 
 See docs/minicanvas.md.
 """

@@ -1,8 +1,8 @@
 """Train the MiniCanvas demo UNet (resumable, CPU-friendly).
 
-    python -m saemnesia_core.minicanvas.train_diffusion \\
+    python -m saemnesia_demo.train_diffusion \\
         --out models/minicanvas/demo_unet.safetensors --work scratch/minicanvas [--max-steps N] [--hours H]
-    python -m saemnesia_core.minicanvas.train_diffusion --out ... --work ... --export-only
+    python -m saemnesia_demo.train_diffusion --out ... --work ... --export-only
 
 * DDPM epsilon objective on SD1's discrete schedule, min-SNR-5 loss weighting,
   classifier-free guidance dropout (10% of prompts replaced by ""), AdamW, EMA.

@@ -25,21 +25,22 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import load_sae
-from ..checkpoint import CONTEXT, save_sae_set
-from ..intervention import ConceptEraser
-from ..training import concept_statistics
-from ..concepts import select_unsupervised
-from ..activations import ActivationWriter
-from ..prompts import build_prompts
-from ..fileio import save_json_atomic
+from saemnesia_core import load_sae
+from saemnesia_core.activations import ActivationWriter
+from saemnesia_core.checkpoint import CONTEXT, save_sae_set
+from saemnesia_core.concepts import select_unsupervised
+from saemnesia_core.fileio import save_json_atomic
+from saemnesia_core.intervention import ConceptEraser
+from saemnesia_core.prompts import build_prompts
+from saemnesia_core.training import concept_statistics
+
 from . import data
 from .classifier import load_classifiers
 from .sampling import alphas_cumprod, ddim_sample
 from .text_encoder import encode_prompts
 from .unet import ldm_transformer_blocks, load_demo_unet
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAE_DIR = os.path.join(REPO, "models", "sae")
 SAES = {"objects": {"saeuron": "minicanvas_objects_saeuron", "saemnesia": "minicanvas_objects_saemnesia"},
         "styles": {"saeuron": "minicanvas_styles_saeuron", "saemnesia": "minicanvas_styles_saemnesia"}}
@@ -332,7 +333,8 @@ def grid_search_saeuron(bench: Bench, methods: Methods, targets, seeds, log, tau
         methods.saeuron_choice[t] = best[1]
         log(f"SAeUron grid {t}: tau {best[1]['tau']}, gamma {best[1]['gamma']} (validation {best[0]})")
     return {"settings_per_concept": len(taus) * len(gammas), "settings_evaluated": evaluated, "taus": taus,
-            "gammas": gammas, "validation": "per setting: the target's 6 prompts + 1 prompt of each other concept", "chosen": {t: {"tau": c["tau"], "gamma": c["gamma"]} for t, c in methods.saeuron_choice.items()}}
+            "gammas": gammas, "validation": "per setting: the target's 6 prompts + 1 prompt of each other concept",
+            "chosen": {t: {"tau": c["tau"], "gamma": c["gamma"]} for t, c in methods.saeuron_choice.items()}}
 
 
 def erasers_for(loaded, names, **eraser) -> list:
@@ -523,7 +525,7 @@ def run_split(args, argv: list[str]) -> dict:
         procs, parts = [], []
         for kind, names in (("objects", data.OBJECTS), ("styles", data.STYLES)):
             part = os.path.join(tmp, f"{kind}.json")
-            cmd = [sys.executable, "-m", "saemnesia_core.bench", "minicanvas", *keep, "--threads", "1",
+            cmd = [sys.executable, "-m", "saemnesia_demo.bench", *keep, "--threads", "1",
                    "--targets", *names, "--out", part, "--plot", part + ".png"]
             procs.append(subprocess.Popen(cmd, cwd=REPO))
             parts.append(part)
@@ -638,7 +640,7 @@ def plot(results: dict, path: str):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m saemnesia_core.bench minicanvas", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m saemnesia_demo.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sae-dir", default=SAE_DIR)
     ap.add_argument("--seeds", type=int, default=len(TEST_SEEDS), help="test seeds per prompt (0..n-1)")

@@ -19,7 +19,7 @@ Scored as the benchmark scores (v4: a broken picture fails UA and CRA), on the t
 x seeds: UA, CRA on those pictures, and ``avg`` = the benchmark's mean of UA, IRA, CRA if the
 other 30 prompts stay as the unedited model draws them (the oracle touches only the target's).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python -m saemnesia_core.minicanvas.ceilings --out benchmarks/results/ceilings.json
+    HF_HUB_OFFLINE=1 .venv/bin/python -m saemnesia_demo.ceilings --out benchmarks/results/ceilings.json
 """
 from __future__ import annotations
 
@@ -29,14 +29,15 @@ import time
 
 import torch
 
-from ..checkpoint import load_sae
-from ..fileio import save_json_atomic
+from saemnesia_core.checkpoint import load_sae
+from saemnesia_core.fileio import save_json_atomic
+
 from . import data
 from .bench import DENOISE_MARGIN, NOISE_MARGIN, Bench, kind_of
 from .sampling import ddim_sample
 from .text_encoder import get_text_encoder
 
-ANCHOR_SAE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+ANCHOR_SAE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "models", "sae", "minicanvas_context_saemnesia.safetensors")
 SETS = {
     "down (16x16 + 8x8)": ["input_blocks.3.1", "input_blocks.5.1"],

@@ -27,6 +27,10 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management
@@ -35,13 +39,10 @@ import comfy.sd
 import comfy.sd1_clip
 import comfy.supported_models_base
 import comfy.utils
-import torch
 from comfy.text_encoders.bert import BertModel
-from safetensors import safe_open
-from safetensors.torch import load_file
 
-from saemnesia_core.minicanvas import text_encoder as te
-from saemnesia_core.minicanvas import unet as mc_unet
+from saemnesia_demo import text_encoder as te
+from saemnesia_demo import unet as mc_unet
 
 log = logging.getLogger("saemnesia")
 
@@ -83,7 +84,7 @@ def read_unet_file(path: str | os.PathLike) -> tuple[dict, dict]:
         raise DemoModelError(
             f"MiniCanvas demo UNet not found: {path}. It ships as models/minicanvas/demo_unet.safetensors in the "
             "SAEmnesia pack; restore it (git checkout models/minicanvas) or export one with "
-            "'python -m saemnesia_core.minicanvas.train_diffusion --export-only'.")
+            "'python -m saemnesia_demo.train_diffusion --export-only'.")
     if path.suffix != ".safetensors":
         raise DemoModelError(f"{path.name}: only .safetensors files are loaded")
     try:

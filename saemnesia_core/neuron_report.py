@@ -5,20 +5,13 @@ import torch
 
 from .checkpoint import LoadedSAE
 from .concepts import Concept
-from .errors import SAEError
-from .intervention import resolve_spec
+from .intervention import concept_latents, resolve_entry
 
 
 def latents_for(loaded: LoadedSAE, spec: str | int | Concept, timestep: float) -> list[int]:
     """spec: an entry of the concepts text (see resolve_spec), a raw latent index or a Concept."""
-    c = resolve_spec(loaded.index, spec) if isinstance(spec, str) else spec
-    if isinstance(c, int):
-        if not 0 <= c < loaded.sae.n_latents:
-            raise SAEError(f"latent {c} does not exist: this SAE has latents 0..{loaded.sae.n_latents - 1}.")
-        return [c]
-    if c.latent is not None:
-        return [c.latent]
-    return list(c.selections[loaded.index.bucket(timestep)].latents)
+    c = resolve_entry(loaded.index, spec, loaded.sae.n_latents)
+    return [c] if isinstance(c, int) else concept_latents(c, loaded.index.bucket(timestep))
 
 
 def activation_map(loaded: LoadedSAE, h: torch.Tensor, spec: str | int | Concept, timestep: float) -> tuple[torch.Tensor, list[int]]:

@@ -1,6 +1,6 @@
 """Evaluate the demo UNet: sample every (object, style) prompt, classify, report accuracy.
 
-    python -m saemnesia_core.minicanvas.evaluate [--unet models/minicanvas/demo_unet.safetensors]
+    python -m saemnesia_demo.evaluate [--unet models/minicanvas/demo_unet.safetensors]
         [--seeds 4] [--steps 25] [--cfg 4] [--out scratch/minicanvas/eval.json] [--grid grid.png]
 
 ``--unet`` may also be a training checkpoint (``scratch/minicanvas/last.safetensors``: its
