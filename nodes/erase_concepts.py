@@ -33,7 +33,7 @@ class EraseConcepts(io.ComfyNode):
                                tooltip="How hard to erase (x, no unit): 0 = no change, 1 = the method as published, >1 = stronger."),
                 io.Float.Input("multiplier", default=0.0, min=-100.0, max=100.0, step=0.1,
                                tooltip="Factor (x) applied to the concept's latent in neuron/ablate modes, usually negative "
-                                       "(e.g. -1.5; 0 switches the latent off). Used when use_sae_multiplier is off."),
+                                       "(e.g. -1.5). 0: see zero_uses_sae_value."),
                 io.Combo.Input("apply_to", options=HALVES, default="both",
                                tooltip="Edit both CFG halves (as in the papers) or only the positive prompt."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
@@ -41,10 +41,11 @@ class EraseConcepts(io.ComfyNode):
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
                              tooltip="Fraction of the denoising schedule where erasing stops (1 = through the last step)."),
                 # last and optional: graphs saved before it existed load with their widget values in place
-                io.Boolean.Input("use_sae_multiplier", default=True, optional=True,
-                                 label_on="the SAE's calibrated multiplier", label_off="the multiplier above",
-                                 tooltip="On: each concept's multiplier as calibrated in the SAE. Off: the multiplier "
-                                         "widget, 0 included."),
+                io.Boolean.Input("zero_uses_sae_value", default=True, optional=True,
+                                 label_on="multiplier 0 = the SAE's calibrated value", label_off="multiplier 0 = latent off",
+                                 tooltip="What a multiplier of 0 means. On: each concept's multiplier as calibrated "
+                                         "in the SAE. Off: 0 itself (the concept's latent switched off). Any other "
+                                         "multiplier is always used as given."),
             ],
             outputs=[io.Model.Output(tooltip="A patched copy of the model with the concepts erased; wire it to KSampler.")],
         )
@@ -59,14 +60,14 @@ class EraseConcepts(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, sae, concepts, mode, strength, multiplier, apply_to, start_percent, end_percent,
-                use_sae_multiplier=None) -> io.NodeOutput:
+                zero_uses_sae_value=None) -> io.NodeOutput:
         # checked here as well: V3 combos are not checked against their options by ComfyUI
         # 0.3.75, NaN passes its range checks, and linked inputs are unknown at validation
         if apply_to not in HALVES:
             raise SAEError(f"apply_to is {apply_to!r:.40}; use one of: {', '.join(HALVES)}.")
         check_window(start_percent, end_percent)
         strength = finite(strength, "strength", "give 0 (off), 1 (as published) or more.")
-        multiplier = chosen_multiplier(finite(multiplier, "multiplier", "give a number such as -1.5."), use_sae_multiplier)
+        multiplier = chosen_multiplier(finite(multiplier, "multiplier", "give a number such as -1.5."), zero_uses_sae_value)
         names = split_list(concepts)
         if not names:
             return io.NodeOutput(model)  # nothing to erase: pass the model through unchanged
@@ -78,11 +79,11 @@ class EraseConcepts(io.ComfyNode):
         return io.NodeOutput(patched)
 
 
-def chosen_multiplier(multiplier: float, use_sae_multiplier: bool | None) -> float | None:
+def chosen_multiplier(multiplier: float, zero_uses_sae_value: bool | None) -> float | None:
     """The multiplier to erase with; None = each concept's calibrated one, from the SAE.
 
-    A prompt without use_sae_multiplier (an API graph saved before the switch existed) keeps the
-    rule it was saved under: 0 stood for the SAE's multiplier."""
-    if use_sae_multiplier is None:
-        return None if multiplier == 0 else multiplier
-    return None if use_sae_multiplier else multiplier
+    Only 0 is ambiguous, so only 0 is switched: graphs saved before the switch existed (UI graphs
+    get its default, API graphs lack it) keep their meaning, custom multipliers included."""
+    if multiplier != 0:
+        return multiplier
+    return None if zero_uses_sae_value is None or zero_uses_sae_value else 0.0

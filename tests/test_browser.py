@@ -108,9 +108,9 @@ def test_erase_workflow_in_the_browser(server, tmp_path):
 
 
 # Optional inputs newer than the shipped graphs, at the default the frontend gives a graph saved
-# before they existed. The twin runs without them, which means the same (use_sae_multiplier:
+# before they existed. The twin runs without them, which means the same (zero_uses_sae_value:
 # a twin's multiplier 0 stands for the SAE's calibrated multiplier, as the switch's default does).
-NEWER_DEFAULTS = {"SAEmnesiaEraseConcepts": {"use_sae_multiplier": True}}
+NEWER_DEFAULTS = {"SAEmnesiaEraseConcepts": {"zero_uses_sae_value": True}}
 
 
 def as_queued_for(api: dict, queued: dict) -> dict:

@@ -179,7 +179,8 @@ def test_unknown_concept_lists_the_known_ones(env, block_outputs):
 def test_multiplier_zero_is_reachable_and_old_graphs_keep_their_meaning(env, block_outputs, base_sample):
     from saemnesia_pack.nodes.erase_concepts import EraseConcepts, chosen_multiplier
     assert chosen_multiplier(0.0, None) is None and chosen_multiplier(-2.0, None) == -2.0  # saved before the switch
-    assert chosen_multiplier(0.0, False) == 0.0 and chosen_multiplier(-2.0, True) is None
+    assert chosen_multiplier(0.0, False) == 0.0 and chosen_multiplier(0.0, True) is None
+    assert chosen_multiplier(-2.0, True) == -2.0 and chosen_multiplier(-2.0, False) == -2.0  # custom values stay
     loaded = make_loaded(block_outputs)
 
     def erased(**kw):
@@ -187,6 +188,6 @@ def test_multiplier_zero_is_reachable_and_old_graphs_keep_their_meaning(env, blo
         return sample(env, out.args[0])
 
     by_default = erased()
-    assert torch.equal(erased(use_sae_multiplier=True), by_default)
-    zero = erased(use_sae_multiplier=False)  # the latent switched off, not the SAE's -5
+    assert torch.equal(erased(zero_uses_sae_value=True), by_default)
+    zero = erased(zero_uses_sae_value=False)  # the latent switched off, not the SAE's -5
     assert not torch.equal(zero, by_default) and not torch.equal(zero, base_sample)
