@@ -81,6 +81,7 @@ def test_erase_workflow_in_the_browser(server, tmp_path):
     (before,) = r["picker_before"]
     assert before["values"] == ["thing", "ink"], before
     assert "object" in before["status"] and "style" in before["status"], before["status"]
+    assert before["status_visible"] and before["status_text"].startswith(before["status"]), before
     assert any("thing" in label and "object" in label for label in r["menu_labels"]), r["menu_labels"]
     # choosing it in the real menu writes it into the concepts text, the only thing queued
     (after,) = r["picker_after"]
@@ -107,43 +108,65 @@ def test_erase_workflow_in_the_browser(server, tmp_path):
     print(f"browser run: {time.time() - t0:.0f}s, images after {r['seconds_to_images']:.0f}s; {r['screenshots']}")
 
 
-def test_demo_erase_workflow_runs_in_the_browser(server, tmp_path):
-    """The shipped erase-one workflow, loaded and queued in the real frontend as a user would:
-    the picker lists the objects SAE's concepts, and Before and After show their pictures."""
+@pytest.mark.parametrize("renderer", ["classic", "vue"])
+def test_demo_erase_workflow_runs_in_the_browser(server, tmp_path, renderer):
+    """The shipped erase-one workflow, loaded and queued in the real frontend as a user would, in
+    both node renderers (the classic canvas and "Nodes 2.0", Comfy.VueNodes.Enabled): the picker
+    lists the SAE's 12 concepts, says so in a line of text on the node, adds 'heart' to the
+    concepts when the user picks it from its menu, and Before and After show their pictures."""
     ui, api = load("erase_one_concept_minicanvas")
     missing = missing_saes(api)
     if missing:
         pytest.skip(f"shipped SAE missing from models/sae/: {', '.join(missing)}")
     out = os.path.join(ARTIFACTS, "erase_one_concept_minicanvas")
     os.makedirs(out, exist_ok=True)
-    r = drive(server, "run", ui, tmp_path, out=out, expect="star", timeout=600)
+    r = drive(server, "run", ui, tmp_path, out=out, concept="heart", renderer=renderer, timeout=600)
+    assert r["renderer"] == renderer
     objects = {"circle", "square", "triangle", "cross", "star", "heart"}
     (picker,) = r["picker_before"]
-    assert objects <= set(picker["values"]) and picker["text"] == "star", picker
+    assert objects <= set(picker["values"]) and len(picker["values"]) == 12 and picker["text"] == "star", picker
+    assert picker["status_visible"] and picker["status_text"] == "6 objects, 6 styles · 1 chosen", picker
+    # the menu the user opened lists every concept with its kind (Nodes 2.0 once said "No available options")
+    assert len(r["menu_labels"]) == 12 and "+ heart · object" in " ".join(r["menu_labels"]), r["menu_labels"]
+    assert any(label.startswith("✓ star") for label in r["menu_labels"]), r["menu_labels"]
+    (after,) = r["picker_after"]
+    assert after["text"] == "star, heart" and after["status_text"].endswith("2 chosen"), after
+    if renderer == "vue":  # what the node's own text box shows, not only the graph behind it
+        assert "star" in r["vue_inputs_before"] and "star, heart" in r["vue_inputs_after"], r
     assert set(r["rewire"]["load"]["values"]) == set(picker["values"])  # unplugged and plugged back in
     queued = r["api_prompt"]
     for node in list(queued.values()) + list(api.values()):
         node.pop("_meta", None)
-    assert queued == api  # what the user queues is the twin the e2e test runs
+    erase = [nid for nid, n in api.items() if n["class_type"] == "SAEmnesiaEraseConcepts"]
+    for nid in erase:
+        api[nid]["inputs"]["concepts"] = "star, heart"
+    assert queued == api  # what the user queues is the twin the e2e test runs, with the picked concept
     shown = {n["id"]: n["images"] for n in r["nodes_with_images"]}
     saves = [n["id"] for n in ui["nodes"] if n["type"] == "SaveImage"]
     assert set(shown) == set(saves)
     for nid in saves:
-        assert len(shown[nid]) == 4 and all(im["width"] == 128 for im in shown[nid]), shown[nid]  # 32 px x 4
+        # 32 px x 4; the canvas holds all 4 seeds, a Nodes 2.0 node shows one at a time
+        assert len(shown[nid]) == (4 if renderer == "classic" else 1), shown[nid]
+        assert all(im["width"] == 128 for im in shown[nid]), shown[nid]
+    for shot in r["screenshots"]:
+        assert os.path.getsize(shot) > 10_000
 
 
-def test_a_hostile_concept_name_is_shown_as_text_and_runs_no_script(server, tmp_path):
+@pytest.mark.parametrize("renderer", ["classic", "vue"])
+def test_a_hostile_concept_name_is_shown_as_text_and_runs_no_script(server, tmp_path, renderer):
     """Issue 13 (stored XSS): the picker's menu puts labels into innerHTML. A concept named
     <img src=x onerror=...>, in an SAE file or in a shared workflow's Train node text, must show
-    as text and run nothing. The server refuses the file; the Train node's planned name is escaped."""
+    as text and run nothing, in the classic menu and in the Nodes 2.0 Select. The server refuses
+    the file; the Train node's planned name is escaped."""
     wf = erase_workflow(SD15_CHECKPOINT, "hostile.safetensors", "", 64, 1, train=True)
     (train,) = [n for n in wf["nodes"] if n["type"] == "SAEmnesiaTrainSAEFromPrompts"]
     train["widgets_values"][0] = "hostile_never_trained"  # no file of that name: the picker shows the planned names
     train["widgets_values"][1] = f"cat, {HOSTILE_CONCEPT}"  # objects, as a shared workflow could carry it
     out = os.path.join(ARTIFACTS, "hostile")
-    r = drive(server, "hostile", wf, tmp_path, out=out, concept=HOSTILE_CONCEPT, timeout=300)
+    r = drive(server, "hostile", wf, tmp_path, out=out, concept=HOSTILE_CONCEPT, renderer=renderer, timeout=300)
     # fed by the SAE file with that name: refused by the server, and the picker says why
     assert r["refused"]["values"] == [] and "may not contain" in r["refused"]["error"], r["refused"]
+    assert r["refused"]["status_text"] == "⚠ cannot read this SAE" and r["refused"]["status_visible"], r["refused"]
     # fed by the Train node: the name is offered, and its menu entry is that text, not an element
     assert HOSTILE_CONCEPT in r["planned"]["values"]
     entry = [m for m in r["menu"] if "onerror" in m["text"]]
@@ -151,6 +174,7 @@ def test_a_hostile_concept_name_is_shown_as_text_and_runs_no_script(server, tmp_
     assert all(m["elements"] == 0 for m in r["menu"]) and r["injected"] == 0, r["menu"]
     assert "&lt;img" in entry[0]["html"]
     assert r["script_ran"] == 0
+    assert r["status_text"] == "after training: 2 objects, 1 style · 0 chosen"  # the status line, as text
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,6 +1,9 @@
 #!/usr/bin/env node
 // Drive the real ComfyUI frontend in headless Debian Chromium (never a downloaded browser).
 //
+// Every command takes --renderer classic|vue (default classic): the frontend's node renderer,
+// "Comfy.VueNodes.Enabled" ("Nodes 2.0"). It is set each time: the setting is stored on the server.
+//
 //   node drive.js run     --url URL --workflow ui.json --out DIR [--concept NAME | --expect NAME] [--timeout SEC]
 //       check the four help pages are served, load the UI-format workflow, check the Erase
 //       Concepts picker (wait until it lists NAME), pick NAME through the real combo menu
@@ -61,7 +64,9 @@ async function waitFor(page, fn, arg, { timeout = 60000, what = "condition", eve
   throw new Error(`timed out after ${timeout / 1000}s waiting for ${what}; last state: ${JSON.stringify(last)}`);
 }
 
-async function openComfy(context, url, log) {
+const VUE_NODES = "Comfy.VueNodes.Enabled";
+
+async function openComfy(context, url, log, renderer = "classic") {
   const page = await context.newPage();
   page.on("console", (m) => {
     if (m.type() === "error" || m.type() === "warning") log.push(`${m.type()}: ${m.text()}`);
@@ -82,6 +87,17 @@ async function openComfy(context, url, log) {
     { timeout: 120000, what: "the ComfyUI frontend with the SAEmnesia extension" }
   );
   await sleep(1500); // let the frontend finish restoring its start-up workflow before we load ours
+  const vue = renderer === "vue";
+  const now = await page.evaluate(
+    async ({ key, vue }) => {
+      const setting = window.comfyAPI.app.app.extensionManager.setting;
+      if (setting.get(key) !== vue) await setting.set(key, vue);
+      return setting.get(key);
+    },
+    { key: VUE_NODES, vue }
+  );
+  if (now !== vue) throw new Error(`could not switch ${VUE_NODES} to ${vue}`);
+  await sleep(500);
   return page;
 }
 
@@ -98,10 +114,15 @@ function pickerState() {
   const nodes = app.graph.nodes.filter((n) => (n.comfyClass ?? n.type) === "SAEmnesiaEraseConcepts");
   return nodes.map((n) => {
     const picker = n.widgets.find((w) => w.name === "add concept");
+    const line = n.saemnesiaStatus;
+    const box = line?.isConnected ? line.getBoundingClientRect() : null;
     return {
       id: n.id,
       values: picker ? [...picker.options.values] : null,
       status: n.saemnesia?.status ?? null,
+      // the status line as the user sees it on the node
+      status_text: line?.textContent ?? null,
+      status_visible: !!box && box.width > 20 && box.height > 5,
       concepts: n.saemnesia?.concepts ?? null,
       text: n.widgets.find((w) => w.name === "concepts")?.value,
       error: n.saemnesia?.error ?? null,
@@ -125,7 +146,10 @@ async function widgetPoint(page, nodeId, widgetName) {
   );
 }
 
-async function pickConcept(page, nodeId, concept) {
+const escapeRegExp = (text) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+
+async function pickConcept(page, nodeId, concept, renderer = "classic") {
+  if (renderer === "vue") return pickConceptVue(page, nodeId, concept);
   await page.evaluate(() => window.comfyAPI.app.app.canvas.setDirty(true, true));
   await sleep(300);
   const at = await widgetPoint(page, nodeId, "add concept");
@@ -134,6 +158,31 @@ async function pickConcept(page, nodeId, concept) {
   await entry.waitFor({ state: "visible", timeout: 10000 });
   const labels = await page.locator(".litecontextmenu .litemenu-entry").allInnerTexts();
   return { entry, labels };
+}
+
+// Nodes 2.0: each node is DOM; the picker is a PrimeVue Select whose menu is an overlay list.
+async function pickConceptVue(page, nodeId, concept) {
+  const select = page.locator(`[data-node-id="${nodeId}"] [aria-label="add concept"]`).first();
+  await select.waitFor({ state: "visible", timeout: 10000 });
+  await select.click();
+  const options = page.locator(".p-select-overlay li[role=option]");
+  await options.first().waitFor({ state: "visible", timeout: 10000 });
+  const labels = await options.allInnerTexts();
+  // entries read "+ name · kind · latent n" (or just the name): match the name exactly
+  const entry = options.filter({ hasText: new RegExp(`^(?:[+✓] )?${escapeRegExp(concept)}(?: ·|$)`) }).first();
+  try {
+    await entry.waitFor({ state: "visible", timeout: 5000 });
+  } catch {
+    throw new Error(`the Nodes 2.0 picker has no entry ${JSON.stringify(concept)}; it lists ${JSON.stringify(labels)}`);
+  }
+  return { entry, labels };
+}
+
+// What a Nodes 2.0 node shows in its own inputs (the DOM, not the graph behind it).
+function vueInputs(nodeId) {
+  const el = document.querySelector(`[data-node-id="${nodeId}"]`);
+  if (!el) return null;
+  return [...el.querySelectorAll("input, textarea")].map((i) => i.value);
 }
 
 // Rewire the Erase node's `sae` input and record what its picker offers at each stage.
@@ -190,7 +239,9 @@ async function run(opts) {
       args: ARGS,
       viewport: { width: 1600, height: 1000 },
     });
-    const page = await openComfy(context, opts.url, log);
+    const renderer = opts.renderer === "vue" ? "vue" : "classic";
+    result.renderer = renderer;
+    const page = await openComfy(context, opts.url, log, renderer);
     await loadWorkflow(page, workflow);
 
     // 0. the help pages resolve where the frontend looks for them (/extensions/<pack>/docs/<node>.md)
@@ -225,14 +276,19 @@ async function run(opts) {
     // 2. pick a concept through the real combo menu
     if (opts.concept) {
       const nodeId = before.states[0].id;
-      const { entry, labels } = await pickConcept(page, nodeId, opts.concept);
+      if (renderer === "vue") result.vue_inputs_before = await page.evaluate(vueInputs, nodeId);
+      const { entry, labels } = await pickConcept(page, nodeId, opts.concept, renderer);
       result.menu_labels = labels;
-      const shot = path.join(outDir, "concept_picker.png");
+      const shot = path.join(outDir, `concept_picker_${renderer}.png`);
       await page.screenshot({ path: shot });
       result.screenshots.push(shot);
       await entry.click();
-      await sleep(200);
+      await sleep(500);
       result.picker_after = await page.evaluate(pickerState);
+      if (renderer === "vue") result.vue_inputs_after = await page.evaluate(vueInputs, nodeId);
+      const picked = path.join(outDir, `concept_picked_${renderer}.png`);
+      await page.screenshot({ path: picked });
+      result.screenshots.push(picked);
     }
 
     // 3. the picker follows the wiring: unplugged, fed by a Train node, plugged back
@@ -259,7 +315,10 @@ async function run(opts) {
           .map((n) => ({
             id: n.id,
             type: n.comfyClass ?? n.type,
-            images: (n.imgs ?? []).filter((img) => img.complete && img.naturalWidth > 0).map((img) => ({ src: img.src, width: img.naturalWidth, height: img.naturalHeight })),
+            // the classic canvas draws node.imgs; Nodes 2.0 shows <img> elements in the node
+            images: [...(n.imgs ?? []), ...document.querySelectorAll(`[data-node-id="${n.id}"] img`)]
+              .filter((img) => img.complete && img.naturalWidth > 0)
+              .map((img) => ({ src: img.src, width: img.naturalWidth, height: img.naturalHeight })),
           }));
         const curves = app.graph.nodes
           .filter((n) => n.saemnesiaCurve)
@@ -277,7 +336,7 @@ async function run(opts) {
 
     await page.evaluate(() => window.comfyAPI.app.app.canvas.setDirty(true, true));
     await sleep(500);
-    const shot = path.join(outDir, "erase_workflow.png");
+    const shot = path.join(outDir, `erase_workflow_${renderer}.png`);
     await page.screenshot({ path: shot });
     result.screenshots.push(shot);
     return result;
@@ -294,7 +353,9 @@ async function hostile(opts) {
   let context;
   try {
     context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: ARGS, viewport: { width: 1600, height: 1000 } });
-    const page = await openComfy(context, opts.url, LOG);
+    const renderer = opts.renderer === "vue" ? "vue" : "classic";
+    result.renderer = renderer;
+    const page = await openComfy(context, opts.url, LOG, renderer);
     // what a payload would call if the browser ever ran it
     await page.evaluate(() => {
       window.__saemnesiaXss = [];
@@ -331,25 +392,35 @@ async function hostile(opts) {
       { timeout: 30000, what: "the picker to list the Train node's concepts" }
     );
     result.planned = planned;
-    // 3. the real combo menu, as a user opens it
-    await page.evaluate(() => window.comfyAPI.app.app.canvas.setDirty(true, true));
-    await sleep(300);
-    const at = await widgetPoint(page, planned.id, "add concept");
-    await page.mouse.click(at.x, at.y);
-    await page.locator(".litecontextmenu .litemenu-entry").first().waitFor({ state: "visible", timeout: 10000 });
+    // 3. the real combo menu, as a user opens it (the canvas's context menu, or the Nodes 2.0 Select's list)
+    const menu = renderer === "vue" ? ".p-select-overlay" : ".litecontextmenu";
+    const entries = renderer === "vue" ? ".p-select-overlay li[role=option]" : ".litecontextmenu .litemenu-entry";
+    if (renderer === "vue") {
+      await page.locator(`[data-node-id="${planned.id}"] [aria-label="add concept"]`).first().click();
+    } else {
+      await page.evaluate(() => window.comfyAPI.app.app.canvas.setDirty(true, true));
+      await sleep(300);
+      const at = await widgetPoint(page, planned.id, "add concept");
+      await page.mouse.click(at.x, at.y);
+    }
+    await page.locator(entries).first().waitFor({ state: "visible", timeout: 10000 });
     await sleep(1500); // time for an injected <img onerror> to fire
-    result.menu = await page.evaluate(() =>
-      [...document.querySelectorAll(".litecontextmenu .litemenu-entry")].map((e) => ({
-        text: e.textContent,
-        html: e.innerHTML,
-        elements: e.querySelectorAll("*").length,
-      }))
+    result.menu = await page.evaluate(
+      (entries) =>
+        [...document.querySelectorAll(entries)].map((e) => ({
+          text: e.textContent,
+          html: e.innerHTML,
+          // elements besides the Select's own <span> around the label text
+          elements: e.querySelectorAll(":not(span[data-pc-section=optionlabel])").length,
+        })),
+      entries
     );
-    result.injected = await page.evaluate(() => document.querySelectorAll(".litecontextmenu img, .litecontextmenu script, .litecontextmenu svg").length);
+    result.injected = await page.evaluate((menu) => document.querySelectorAll(`${menu} img, ${menu} script, ${menu} svg`).length, menu);
+    result.status_text = await page.evaluate((id) => window.comfyAPI.app.app.graph.getNodeById(id).saemnesiaStatus?.textContent ?? null, planned.id);
     result.script_ran = await page.evaluate(() => window.__saemnesiaXss.length);
     if (opts.out) {
       fs.mkdirSync(opts.out, { recursive: true });
-      const shot = path.join(opts.out, "hostile_concept_menu.png");
+      const shot = path.join(opts.out, `hostile_concept_menu_${renderer}.png`);
       await page.screenshot({ path: shot });
       result.screenshots.push(shot);
     }
