@@ -177,16 +177,26 @@ def test_a_hostile_concept_name_is_shown_as_text_and_runs_no_script(server, tmp_
     assert r["status_text"] == "after training: 2 objects, 1 style · 0 chosen"  # the status line, as text
 
 
+@pytest.mark.parametrize("renderer", ["classic", "vue"])
 @pytest.mark.parametrize("name", NAMES)
-def test_shipped_workflow_loads_and_matches_its_api_twin(server, tmp_path, name):
-    """Each shipped workflow loads in the real frontend, and what the frontend would queue for
-    it is exactly its API-format twin in workflows/api/ (the graph the e2e tests run)."""
+def test_shipped_workflow_loads_and_matches_its_api_twin(server, tmp_path, name, renderer):
+    """Each shipped workflow loads in the real frontend, in both node renderers, and what the
+    frontend would queue for it is exactly its API-format twin in example_workflows/api/ (the
+    graph the e2e tests run). It opens at 100% with no node over another or over a group's title
+    (as each renderer draws them), and a screenshot of it goes to test-artifacts/browser/templates/."""
     ui, api = load(name)
     out = tmp_path / "api.json"
-    drive(server, "convert", ui, tmp_path, api_out=out, timeout=300)
+    shots = os.path.join(ARTIFACTS, "templates")
+    r = drive(server, "convert", ui, tmp_path, api_out=out, renderer=renderer, out=shots, name=name, timeout=300)
     queued = json.loads(out.read_text())
     for node in list(queued.values()) + list(api.values()):
         node.pop("_meta", None)
     assert queued == api
     types = {n["type"] for n in ui["nodes"]}
     assert "Note" in types and "SaveImage" in types, f"{name}: every example explains itself and saves its images"
+    layout = r["layout"]
+    assert layout["scale"] == 1, layout["scale"]
+    assert len(layout["boxes"]) == len(ui["nodes"]), "every node drawn"
+    assert layout["overlaps"] == [], f"{name} ({renderer}): nodes overlap: {layout['overlaps']}"
+    for g in layout["groups"]:
+        assert g["covered_by"] == [] and g["font_size"] >= 20, f"{name} ({renderer}): group title hidden: {g}"

@@ -15,8 +15,9 @@
 //       a workflow whose Erase Concepts node is fed by a Load SAE with a bad file: record what its
 //       picker says; then feed it from the Train node (whose text names NAME), open the picker's
 //       real combo menu and record what the menu entries contain and whether any script ran.
-//   node drive.js convert --url URL --workflow ui.json --ui-out saved.json --api-out api.json
-//       load a UI-format workflow and write what the frontend saves (UI format) and queues (API format).
+//   node drive.js convert --url URL --workflow ui.json --ui-out saved.json --api-out api.json [--out DIR --name NAME]
+//       load a UI-format workflow and write what the frontend saves (UI format) and queues (API format);
+//       print where each node is drawn (overlaps, group titles covered, the view's scale); screenshot.
 //
 // Exit code 0 = success; otherwise the JSON printed has "error".
 "use strict";
@@ -47,6 +48,9 @@ function parseArgs(argv) {
   }
   return out;
 }
+
+// a common artist's screen: the templates are laid out to open at 100% on it
+const VIEWPORT = { width: 1920, height: 1080 };
 
 const LOG = []; // browser console errors/warnings, reported with the result or the error
 
@@ -237,7 +241,7 @@ async function run(opts) {
       executablePath: CHROMIUM,
       headless: true,
       args: ARGS,
-      viewport: { width: 1600, height: 1000 },
+      viewport: VIEWPORT,
     });
     const renderer = opts.renderer === "vue" ? "vue" : "classic";
     result.renderer = renderer;
@@ -352,7 +356,7 @@ async function hostile(opts) {
   const result = { log: LOG, screenshots: [] };
   let context;
   try {
-    context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: ARGS, viewport: { width: 1600, height: 1000 } });
+    context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: ARGS, viewport: VIEWPORT });
     const renderer = opts.renderer === "vue" ? "vue" : "classic";
     result.renderer = renderer;
     const page = await openComfy(context, opts.url, LOG, renderer);
@@ -431,28 +435,65 @@ async function hostile(opts) {
   }
 }
 
+// Where the nodes are, as the renderer draws them (title bar included; Nodes 2.0 nodes are
+// DOM boxes, often taller than on the canvas), in canvas units: which ones overlap each other,
+// which ones reach into a group's title bar, and the view the workflow opened with.
+function layoutState(renderer) {
+  const app = window.comfyAPI.app.app;
+  const ds = app.canvas.ds;
+  const boxes = [];
+  for (const n of app.graph.nodes) {
+    let box;
+    if (renderer === "vue") {
+      const el = document.querySelector(`[data-node-id="${n.id}"]`);
+      if (!el) continue;
+      const r = el.getBoundingClientRect();
+      const c = app.canvas.canvas.getBoundingClientRect();
+      const [x, y] = ds.convertCanvasToOffset([r.left - c.left, r.top - c.top]);
+      box = [x, y, r.width / ds.scale, r.height / ds.scale];
+    } else {
+      const b = n.getBounding();
+      box = [b[0], b[1], b[2], b[3]];
+    }
+    boxes.push({ id: n.id, title: n.title, box: box.map((v) => Math.round(v)) });
+  }
+  const meet = (a, b) => Math.min(a[0] + a[2], b[0] + b[2]) - Math.max(a[0], b[0]) > 2 && Math.min(a[1] + a[3], b[1] + b[3]) - Math.max(a[1], b[1]) > 2;
+  const overlaps = [];
+  for (let i = 0; i < boxes.length; i++)
+    for (let j = i + 1; j < boxes.length; j++) if (meet(boxes[i].box, boxes[j].box)) overlaps.push([boxes[i].title, boxes[j].title]);
+  const groups = (app.graph.groups ?? []).map((g) => {
+    const [x, y, w, h] = g._bounding ?? g.bounding;
+    const bar = [x, y, w, (g.font_size ?? 24) * 1.4];
+    return { title: g.title, font_size: g.font_size, covered_by: boxes.filter((b) => meet(b.box, bar)).map((b) => b.title) };
+  });
+  return { scale: ds.scale, offset: [...ds.offset], boxes, overlaps, groups };
+}
+
 async function convert(opts) {
   const log = LOG;
   const workflow = JSON.parse(fs.readFileSync(opts.workflow, "utf8"));
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), "saemnesia-chromium-"));
   let context;
   try {
-    context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: ARGS, viewport: { width: 1600, height: 1000 } });
-    const page = await openComfy(context, opts.url, log);
+    context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: ARGS, viewport: VIEWPORT });
+    const renderer = opts.renderer === "vue" ? "vue" : "classic";
+    const page = await openComfy(context, opts.url, log, renderer);
     await loadWorkflow(page, workflow);
-    await sleep(500);
+    await sleep(renderer === "vue" ? 1500 : 500);
     const out = await page.evaluate(async () => {
       const app = window.comfyAPI.app.app;
       const p = await app.graphToPrompt();
       return { ui: p.workflow, api: p.output };
     });
+    out.layout = await page.evaluate(layoutState, renderer);
     if (opts["ui-out"]) fs.writeFileSync(opts["ui-out"], JSON.stringify(out.ui, null, 2) + "\n");
     if (opts["api-out"]) fs.writeFileSync(opts["api-out"], JSON.stringify(out.api, null, 2) + "\n");
     if (opts.out) {
       fs.mkdirSync(opts.out, { recursive: true });
-      await page.screenshot({ path: path.join(opts.out, `${path.basename(opts.workflow, ".json")}.png`) });
+      const stem = typeof opts.name === "string" ? opts.name.replace(/[^\w.-]/g, "_") : path.basename(opts.workflow, ".json");
+      await page.screenshot({ path: path.join(opts.out, `${stem}_${renderer}.png`) });
     }
-    return { ui: out.ui, api: out.api, log };
+    return { ui: out.ui, api: out.api, layout: out.layout, renderer, log };
   } finally {
     if (context) await context.close().catch(() => {});
     fs.rmSync(profile, { recursive: true, force: true });
