@@ -281,7 +281,8 @@ ERASE_ONE_NOTE = (
     "SAEmnesia on the MiniCanvas demo model: erase one concept\n\n"
     "The bundled demo model draws 6 objects (circle, square, triangle, cross, star, heart) in 6 styles "
     "(solid, stripes, dots, checker, outline, gradient) from prompts like 'a star in stripes style'. "
-    "It runs offline on a CPU in seconds; its 32x32 pictures are enlarged 4x (nearest) only to be seen.\n\n"
+    "It runs offline on a CPU: about 10 s on 2 shared cores, loading included (measured); its 32x32 pictures "
+    "are enlarged 4x (nearest) only to be seen.\n\n"
     "Both KSamplers use the same prompt, seeds and settings (DDIM, 25 steps, CFG 4, a batch of 4): "
     "Before samples the model as it is, After the model patched by Erase Concepts, which erases 'star' with the "
     "shipped text-state SAE: one SAE on what every cross-attention of the model reads, for objects and styles "
@@ -382,7 +383,7 @@ TRAIN_NOTE = (
     "records their text states (hook_point 'context': what every cross-attention of the model reads), trains a "
     "small SAEmnesia-supervised TopK SAE (one latent per concept) and saves it as "
     "models/sae/minicanvas_trained.safetensors. Overwrite is on, so queueing again replaces it; Cancel keeps the "
-    "last checkpoint and the next run resumes from it. Well under a minute on a CPU: text states need no "
+    "last checkpoint and the next run resumes from it. About 45 s on 2 shared CPU cores (measured): text states need no "
     "sampling. Put a block name (e.g. output_blocks.3.1), or several comma separated, in hook_point to train on "
     "what the model draws instead (minutes: every prompt is sampled).\n\n"
     "Its SAE goes straight into Erase Concepts ('star'), so the After images use the SAE just trained. It is "
@@ -394,10 +395,10 @@ TRAIN_NOTE = (
 def train_then_erase_minicanvas() -> dict:
     g = UIGraph()
     loader, pos, neg, latent = _demo_base(g, [("prompt", "a star in stripes style")], BATCH)
-    train = g.add("SAEmnesiaTrainSAEFromPrompts", (LEFT, 330), (364, 800),
+    train = g.add("SAEmnesiaTrainSAEFromPrompts", (LEFT, 330), (374, 800),
                   ["minicanvas_trained", OBJECTS, STYLES, "a {object} in {style} style", "", "context",
                    STEPS, CFG, SAMPLER, SCHEDULER, 1, 0, "fixed", 4, 16, 600, 512, 0.001, True, True],
-                  title="Train SAE from Prompts (under a minute on a CPU)",
+                  title="Train SAE from Prompts (about 45 s on 2 CPU cores)",
                   links={"model": (loader, 0), "clip": (loader, 1), "latent": (latent, 0)})
     erase = _erase(g, (MID, 330), "star", "Erase Concepts: star", (loader, 0), (train, 0))
     g.add("PreviewAny", (MID, 680), (360, 300), title="Training report", links={"source": (train, 1)})
