@@ -38,7 +38,7 @@ if _missing():
 
 # UI-format graphs: built by tools/workflows.py, which also defines the shipped workflows
 from conftest import HOSTILE_CONCEPT
-from tools.workflows import NAMES, SD15_CHECKPOINT, erase_workflow, load, missing_saes
+from tools.workflows import NAMES, SD15_CHECKPOINT, TITLES, erase_workflow, load, missing_saes
 
 
 # ------------------------------------------------------------------ server and driver
@@ -200,3 +200,15 @@ def test_shipped_workflow_loads_and_matches_its_api_twin(server, tmp_path, name,
     assert layout["overlaps"] == [], f"{name} ({renderer}): nodes overlap: {layout['overlaps']}"
     for g in layout["groups"]:
         assert g["covered_by"] == [] and g["font_size"] >= 20, f"{name} ({renderer}): group title hidden: {g}"
+
+
+def test_template_browser_lists_the_templates_in_order_with_thumbnails(server, tmp_path):
+    """The template browser (Comfy.BrowseTemplates) shows the pack's five templates with their
+    own .jpg thumbnails; A → Z puts them in their numbered order (its default, "Newest", keeps
+    the server's file order); the first one opens onto the canvas at 100%."""
+    out = os.path.join(ARTIFACTS, "templates")
+    r = drive(server, "templates", {}, tmp_path, pack="ComfyUI-SAEmnesia", out=out, timeout=300)
+    assert sorted(c["title"] for c in r["cards"]) == sorted(TITLES.values())
+    assert all(c["loaded"] for c in r["cards"]), r["cards"]  # no card fell back to the default picture
+    assert [c["title"] for c in r["sorted"]] == [TITLES[n] for n in NAMES]
+    assert r["opened"]["scale"] == 1 and r["opened"]["nodes"] == len(load(NAMES[0])[0]["nodes"]), r["opened"]

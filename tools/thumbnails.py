@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -49,14 +50,19 @@ def _panel(pictures, title: str):
 
 def compose(panels: list, path: str):
     from PIL import Image
-    cols = min(MAX_COLUMNS, len(panels))
+    # the template browser shows thumbnails in square cards, cropped to fill: lay the panels out
+    # about square, then pad the sheet to a square
+    cols = min(MAX_COLUMNS, math.ceil(math.sqrt(len(panels))))
     rows = -(-len(panels) // cols)
     gap = 6
     w, h = PANEL, max(p.height for p in panels)
     sheet = Image.new("RGB", (cols * w + (cols + 1) * gap, rows * h + (rows + 1) * gap), (18, 18, 18))
     for i, p in enumerate(panels):
         sheet.paste(p, (gap + (i % cols) * (w + gap), gap + (i // cols) * (h + gap) + h - p.height))
-    sheet.save(path, "JPEG", quality=85, optimize=True)
+    side = max(sheet.size)
+    square = Image.new("RGB", (side, side), (18, 18, 18))
+    square.paste(sheet, ((side - sheet.width) // 2, (side - sheet.height) // 2))
+    square.save(path, "JPEG", quality=85, optimize=True)
 
 
 def from_output(server, name: str) -> tuple[list, float]:
@@ -92,8 +98,8 @@ def from_screenshot(server, name: str, work: str, path: str, note: str):
     if proc.returncode != 0:
         raise RuntimeError(f"drive.js convert failed for {name}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     shot = Image.open(os.path.join(work, f"{name}_classic.png")).convert("RGB")
-    shot = shot.crop((60, 60, min(shot.width, 1720), min(shot.height, 1040)))  # the graph, not the side bar
-    shot.thumbnail((768, 768))
+    shot = shot.crop((60, 80, 1060, 1080))  # a square of the graph (the template browser's cards are square)
+    shot.thumbnail((640, 640))
     draw = ImageDraw.Draw(shot)
     draw.rectangle((0, 0, shot.width, 34), fill=BANNER)
     draw.text((shot.width // 2, 17), note, fill=(255, 255, 255), font=_font(17), anchor="mm")

@@ -15,6 +15,9 @@
 //       a workflow whose Erase Concepts node is fed by a Load SAE with a bad file: record what its
 //       picker says; then feed it from the Train node (whose text names NAME), open the picker's
 //       real combo menu and record what the menu entries contain and whether any script ran.
+//   node drive.js templates --url URL --pack NAME --out DIR
+//       open the template browser on the pack's category: its cards, whether each thumbnail loaded,
+//       their order sorted A → Z; open the first one and report its zoom. Two screenshots.
 //   node drive.js convert --url URL --workflow ui.json --ui-out saved.json --api-out api.json [--out DIR --name NAME]
 //       load a UI-format workflow and write what the frontend saves (UI format) and queues (API format);
 //       print where each node is drawn (overlaps, group titles covered, the view's scale); screenshot.
@@ -500,11 +503,62 @@ async function convert(opts) {
   }
 }
 
+// The template browser as an artist opens it: the pack's category, its cards and thumbnails,
+// sorted A → Z, then the first card opened onto the canvas.
+async function templates(opts) {
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), "saemnesia-chromium-"));
+  const result = { log: LOG, screenshots: [] };
+  let context;
+  try {
+    context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: ARGS, viewport: VIEWPORT });
+    const page = await openComfy(context, opts.url, LOG, opts.renderer === "vue" ? "vue" : "classic");
+    await page.evaluate(() => window.comfyAPI.app.app.extensionManager.command.execute("Comfy.BrowseTemplates"));
+    const dialog = page.locator("[role=dialog]");
+    await dialog.getByText(opts.pack, { exact: true }).first().click();
+    const cards = () =>
+      page.evaluate(() =>
+        [...document.querySelectorAll("[role=dialog] img[alt]")].map((i) => ({
+          title: i.alt,
+          loaded: i.complete && i.naturalWidth > 0 && !i.src.includes("default-template"),
+        }))
+      );
+    await waitFor(page, () => {
+      const imgs = [...document.querySelectorAll("[role=dialog] img[alt]")];
+      return { ok: imgs.length > 0 && imgs.every((i) => i.complete && i.naturalWidth > 0), n: imgs.length };
+    }, null, { timeout: 30000, what: "the pack's template cards and their thumbnails" });
+    await sleep(500);
+    result.cards = await cards();
+    await dialog.getByText("Newest", { exact: true }).first().click();
+    await page.getByRole("option", { name: "A → Z" }).click();
+    await sleep(1000);
+    result.sorted = await cards();
+    fs.mkdirSync(opts.out, { recursive: true });
+    const shot = path.join(opts.out, "template_browser.png");
+    await page.screenshot({ path: shot });
+    result.screenshots.push(shot);
+    await dialog.locator(`img[alt="${result.sorted[0].title.replace(/"/g, '\\"')}"]`).first().click();
+    await waitFor(page, () => ({ ok: !document.querySelector("[role=dialog]") && window.comfyAPI.app.app.graph.nodes.length > 3 }), null,
+      { timeout: 30000, what: "the first template to open" });
+    await sleep(1500);
+    result.opened = await page.evaluate(() => {
+      const app = window.comfyAPI.app.app;
+      return { nodes: app.graph.nodes.length, scale: app.canvas.ds.scale, offset: [...app.canvas.ds.offset] };
+    });
+    const opened = path.join(opts.out, "template_opened.png");
+    await page.screenshot({ path: opened });
+    result.screenshots.push(opened);
+    return result;
+  } finally {
+    if (context) await context.close().catch(() => {});
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+}
+
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
   const cmd = opts._[0];
-  const commands = { run, convert, hostile };
-  if (!opts.url || !opts.workflow || !(cmd in commands)) {
+  const commands = { run, convert, hostile, templates };
+  if (!opts.url || (!opts.workflow && cmd !== "templates") || !(cmd in commands)) {
     console.error("usage: node drive.js run|convert|hostile --url URL --workflow ui.json [--out DIR] [--concept NAME] [--ui-out F] [--api-out F]");
     process.exit(2);
   }
