@@ -70,6 +70,7 @@ def test_erase_workflow_in_the_browser(server, tmp_path):
     os.makedirs(ARTIFACTS, exist_ok=True)
     wf = erase_workflow(SD15_CHECKPOINT, "thing.safetensors", "", 64, 2, inspect=True, train=True,
                         inspect_concept="thing")
+    wf["extra"]["ds"] = {"scale": 0.62, "offset": [40, 160]}  # zoomed out: the screenshot shows the curve on Train SAE too
     t0 = time.time()
     r = drive(server, "run", wf, tmp_path, out=ARTIFACTS, concept="thing", timeout=600)
 
