@@ -1,7 +1,7 @@
 """`make demo`: start the real ComfyUI with this pack, run the erase workflow on the bundled
 MiniCanvas demo model, and leave the before/after images in a folder.
 
-The graph is the shipped `workflows/api/erase_one_concept_minicanvas.json` (its UI twin is in
+The graph is the shipped `example_workflows/api/erase_one_concept_minicanvas.json` (its UI twin is in
 ComfyUI's template browser): Load MiniCanvas Demo Model -> Load SAE -> Erase Concepts (mode
 auto) -> KSampler, next to the same KSampler on the untouched model. By default it erases the
 object "star", then the style "stripes", from "a star in stripes style", both with the shipped
@@ -23,7 +23,7 @@ sys.path.insert(0, REPO)
 from saemnesia_core.fileio import save_json_atomic  # noqa: E402
 from tools.comfy_server import ComfyServer  # noqa: E402
 
-WORKFLOW = os.path.join(REPO, "workflows", "api", "erase_one_concept_minicanvas.json")
+WORKFLOW = os.path.join(REPO, "example_workflows", "api", "erase_one_concept_minicanvas.json")
 
 
 SHIPPED_SAE = {"object": "minicanvas_context_saemnesia.safetensors",

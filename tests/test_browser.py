@@ -39,7 +39,7 @@ if _missing():
 # UI-format graphs: built by tools/workflows.py, which also defines the shipped workflows
 from conftest import HOSTILE_CONCEPT  # noqa: E402 - after the skip: only when the browser is there
 
-from tools.workflows import NAMES, SD15_CHECKPOINT, erase_workflow, load, missing_saes  # noqa: E402
+from tools.workflows import NAMES, SD15_CHECKPOINT, TITLES, erase_workflow, load, missing_saes  # noqa: E402
 
 # ------------------------------------------------------------------ server and driver
 
@@ -70,6 +70,7 @@ def test_erase_workflow_in_the_browser(server, tmp_path):
     os.makedirs(ARTIFACTS, exist_ok=True)
     wf = erase_workflow(SD15_CHECKPOINT, "thing.safetensors", "", 64, 2, inspect=True, train=True,
                         inspect_concept="thing")
+    wf["extra"]["ds"] = {"scale": 0.62, "offset": [40, 160]}  # zoomed out: the screenshot shows the curve on Train SAE too
     t0 = time.time()
     r = drive(server, "run", wf, tmp_path, out=ARTIFACTS, concept="thing", timeout=600)
 
@@ -81,6 +82,7 @@ def test_erase_workflow_in_the_browser(server, tmp_path):
     (before,) = r["picker_before"]
     assert before["values"] == ["thing", "ink"], before
     assert "object" in before["status"] and "style" in before["status"], before["status"]
+    assert before["status_visible"] and before["status_text"].startswith(before["status"]), before
     assert any("thing" in label and "object" in label for label in r["menu_labels"]), r["menu_labels"]
     # choosing it in the real menu writes it into the concepts text, the only thing queued
     (after,) = r["picker_after"]
@@ -125,43 +127,66 @@ def as_queued_for(api: dict, queued: dict) -> dict:
     return out
 
 
-def test_demo_erase_workflow_runs_in_the_browser(server, tmp_path):
-    """The shipped erase-one workflow, loaded and queued in the real frontend as a user would:
-    the picker lists the objects SAE's concepts, and Before and After show their pictures."""
+@pytest.mark.parametrize("renderer", ["classic", "vue"])
+def test_demo_erase_workflow_runs_in_the_browser(server, tmp_path, renderer):
+    """The shipped erase-one workflow, loaded and queued in the real frontend as a user would, in
+    both node renderers (the classic canvas and "Nodes 2.0", Comfy.VueNodes.Enabled): the picker
+    lists the SAE's 12 concepts, says so in a line of text on the node, adds 'heart' to the
+    concepts when the user picks it from its menu, and Before and After show their pictures."""
     ui, api = load("erase_one_concept_minicanvas")
     missing = missing_saes(api)
     if missing:
         pytest.skip(f"shipped SAE missing from models/sae/: {', '.join(missing)}")
     out = os.path.join(ARTIFACTS, "erase_one_concept_minicanvas")
     os.makedirs(out, exist_ok=True)
-    r = drive(server, "run", ui, tmp_path, out=out, expect="star", timeout=600)
+    r = drive(server, "run", ui, tmp_path, out=out, concept="heart", renderer=renderer, timeout=600)
+    assert r["renderer"] == renderer
     objects = {"circle", "square", "triangle", "cross", "star", "heart"}
     (picker,) = r["picker_before"]
-    assert objects <= set(picker["values"]) and picker["text"] == "star", picker
+    assert objects <= set(picker["values"]) and len(picker["values"]) == 12 and picker["text"] == "star", picker
+    assert picker["status_visible"] and picker["status_text"] == "6 objects, 6 styles · 1 chosen", picker
+    # the menu the user opened lists every concept with its kind (Nodes 2.0 once said "No available options")
+    assert len(r["menu_labels"]) == 12 and "+ heart · object" in " ".join(r["menu_labels"]), r["menu_labels"]
+    assert any(label.startswith("✓ star") for label in r["menu_labels"]), r["menu_labels"]
+    (after,) = r["picker_after"]
+    assert after["text"] == "star, heart" and after["status_text"].endswith("2 chosen"), after
+    if renderer == "vue":  # what the node's own text box shows, not only the graph behind it
+        assert "star" in r["vue_inputs_before"] and "star, heart" in r["vue_inputs_after"], r
     assert set(r["rewire"]["load"]["values"]) == set(picker["values"])  # unplugged and plugged back in
     queued = r["api_prompt"]
     for node in list(queued.values()) + list(api.values()):
         node.pop("_meta", None)
-    assert as_queued_for(api, queued) == api  # what the user queues is the twin the e2e test runs
+    erase = [nid for nid, n in api.items() if n["class_type"] == "SAEmnesiaEraseConcepts"]
+    for nid in erase:
+        api[nid]["inputs"]["concepts"] = "star, heart"
+    # what the user queues is the twin the e2e test runs, with the picked concept
+    assert as_queued_for(api, queued) == api
     shown = {n["id"]: n["images"] for n in r["nodes_with_images"]}
     saves = [n["id"] for n in ui["nodes"] if n["type"] == "SaveImage"]
     assert set(shown) == set(saves)
     for nid in saves:
-        assert len(shown[nid]) == 4 and all(im["width"] == 128 for im in shown[nid]), shown[nid]  # 32 px x 4
+        # 32 px x 4; the canvas holds all 4 seeds, a Nodes 2.0 node shows one at a time
+        assert len(shown[nid]) == (4 if renderer == "classic" else 1), shown[nid]
+        assert all(im["width"] == 128 for im in shown[nid]), shown[nid]
+    for shot in r["screenshots"]:
+        assert os.path.getsize(shot) > 10_000
 
 
-def test_a_hostile_concept_name_is_shown_as_text_and_runs_no_script(server, tmp_path):
+@pytest.mark.parametrize("renderer", ["classic", "vue"])
+def test_a_hostile_concept_name_is_shown_as_text_and_runs_no_script(server, tmp_path, renderer):
     """Issue 13 (stored XSS): the picker's menu puts labels into innerHTML. A concept named
     <img src=x onerror=...>, in an SAE file or in a shared workflow's Train node text, must show
-    as text and run nothing. The server refuses the file; the Train node's planned name is escaped."""
+    as text and run nothing, in the classic menu and in the Nodes 2.0 Select. The server refuses
+    the file; the Train node's planned name is escaped."""
     wf = erase_workflow(SD15_CHECKPOINT, "hostile.safetensors", "", 64, 1, train=True)
     (train,) = [n for n in wf["nodes"] if n["type"] == "SAEmnesiaTrainSAEFromPrompts"]
     train["widgets_values"][0] = "hostile_never_trained"  # no file of that name: the picker shows the planned names
     train["widgets_values"][1] = f"cat, {HOSTILE_CONCEPT}"  # objects, as a shared workflow could carry it
     out = os.path.join(ARTIFACTS, "hostile")
-    r = drive(server, "hostile", wf, tmp_path, out=out, concept=HOSTILE_CONCEPT, timeout=300)
+    r = drive(server, "hostile", wf, tmp_path, out=out, concept=HOSTILE_CONCEPT, renderer=renderer, timeout=300)
     # fed by the SAE file with that name: refused by the server, and the picker says why
     assert r["refused"]["values"] == [] and "may not contain" in r["refused"]["error"], r["refused"]
+    assert r["refused"]["status_text"] == "⚠ cannot read this SAE" and r["refused"]["status_visible"], r["refused"]
     # fed by the Train node: the name is offered, and its menu entry is that text, not an element
     assert HOSTILE_CONCEPT in r["planned"]["values"]
     entry = [m for m in r["menu"] if "onerror" in m["text"]]
@@ -169,18 +194,41 @@ def test_a_hostile_concept_name_is_shown_as_text_and_runs_no_script(server, tmp_
     assert all(m["elements"] == 0 for m in r["menu"]) and r["injected"] == 0, r["menu"]
     assert "&lt;img" in entry[0]["html"]
     assert r["script_ran"] == 0
+    assert r["status_text"] == "after training: 2 objects, 1 style · 0 chosen"  # the status line, as text
 
 
+@pytest.mark.parametrize("renderer", ["classic", "vue"])
 @pytest.mark.parametrize("name", NAMES)
-def test_shipped_workflow_loads_and_matches_its_api_twin(server, tmp_path, name):
-    """Each shipped workflow loads in the real frontend, and what the frontend would queue for
-    it is exactly its API-format twin in workflows/api/ (the graph the e2e tests run)."""
+def test_shipped_workflow_loads_and_matches_its_api_twin(server, tmp_path, name, renderer):
+    """Each shipped workflow loads in the real frontend, in both node renderers, and what the
+    frontend would queue for it is exactly its API-format twin in example_workflows/api/ (the
+    graph the e2e tests run). It opens at 100% with no node over another or over a group's title
+    (as each renderer draws them), and a screenshot of it goes to test-artifacts/browser/templates/."""
     ui, api = load(name)
     out = tmp_path / "api.json"
-    drive(server, "convert", ui, tmp_path, api_out=out, timeout=300)
+    shots = os.path.join(ARTIFACTS, "templates")
+    r = drive(server, "convert", ui, tmp_path, api_out=out, renderer=renderer, out=shots, name=name, timeout=300)
     queued = json.loads(out.read_text())
     for node in list(queued.values()) + list(api.values()):
         node.pop("_meta", None)
     assert as_queued_for(api, queued) == api
     types = {n["type"] for n in ui["nodes"]}
     assert "Note" in types and "SaveImage" in types, f"{name}: every example explains itself and saves its images"
+    layout = r["layout"]
+    assert layout["scale"] == 1, layout["scale"]
+    assert len(layout["boxes"]) == len(ui["nodes"]), "every node drawn"
+    assert layout["overlaps"] == [], f"{name} ({renderer}): nodes overlap: {layout['overlaps']}"
+    for g in layout["groups"]:
+        assert g["covered_by"] == [] and g["font_size"] >= 20, f"{name} ({renderer}): group title hidden: {g}"
+
+
+def test_template_browser_lists_the_templates_in_order_with_thumbnails(server, tmp_path):
+    """The template browser (Comfy.BrowseTemplates) shows the pack's five templates with their
+    own .jpg thumbnails; A → Z puts them in their numbered order (its default, "Newest", keeps
+    the server's file order); the first one opens onto the canvas at 100%."""
+    out = os.path.join(ARTIFACTS, "templates")
+    r = drive(server, "templates", {}, tmp_path, pack="ComfyUI-SAEmnesia", out=out, timeout=300)
+    assert sorted(c["title"] for c in r["cards"]) == sorted(TITLES.values())
+    assert all(c["loaded"] for c in r["cards"]), r["cards"]  # no card fell back to the default picture
+    assert [c["title"] for c in r["sorted"]] == [TITLES[n] for n in NAMES]
+    assert r["opened"]["scale"] == 1 and r["opened"]["nodes"] == len(load(NAMES[0])[0]["nodes"]), r["opened"]

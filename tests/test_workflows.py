@@ -1,4 +1,4 @@
-"""The shipped workflows (workflows/*.json and their API twins in workflows/api/), checked
+"""The shipped workflows (example_workflows/*.json and their API twins in example_workflows/api/), checked
 without ComfyUI: the files are what tools/workflows.py defines, each API twin is its UI graph
 (same nodes, links and widget values), and the MiniCanvas ones use the demo model's settings.
 tests/test_browser.py checks the same twins against the real frontend's conversion, and
@@ -28,7 +28,30 @@ def _projection(ui: dict) -> dict:
 def test_every_shipped_file_has_a_definition_and_a_twin():
     top = {f[:-5] for f in os.listdir(wf.WORKFLOWS) if f.endswith(".json")}
     api = {f[:-5] for f in os.listdir(wf.API) if f.endswith(".json")}
-    assert top == api == set(wf.NAMES), "regenerate with: .venv/bin/python -m tools.workflows"
+    assert top == set(wf.TITLES.values()) and api == set(wf.NAMES) == set(wf.TITLES), \
+        "regenerate with: .venv/bin/python -m tools.workflows"
+    # the old folder keeps a pointer for whoever looks there, and no workflow (it would be listed twice)
+    old = os.path.join(wf.REPO, "workflows")
+    assert os.listdir(old) == ["README.md"]
+
+
+def test_template_titles_are_ordered_and_say_what_they_need():
+    """The template browser shows file names: start here first, the SD 1.5 one (downloads) last."""
+    titles = [wf.TITLES[n] for n in wf.NAMES]
+    assert sorted(titles) == titles and titles[0].startswith("1 Start here")
+    assert "needs downloads" in titles[-1] and "SD 1.5" in titles[-1]
+    assert all("(demo model" in t for t in titles[:-1])
+    for t in titles:  # plain file names: nothing a URL or a shell would need quoted beyond spaces
+        assert all(c.isalnum() or c in " -,.()" for c in t), t
+
+
+@pytest.mark.parametrize("name", wf.NAMES)
+def test_every_template_has_its_thumbnail(name):
+    """A same-name .jpg next to each template: the template browser shows it on the card."""
+    from PIL import Image
+    with Image.open(wf.thumbnail_path(name)) as im:
+        assert im.format == "JPEG" and im.width >= 256 and im.height >= 192, (im.format, im.size)
+    assert os.path.getsize(wf.thumbnail_path(name)) < 150_000  # small: the browser loads all of them
 
 
 @pytest.mark.parametrize("name", wf.NAMES)
@@ -36,7 +59,7 @@ def test_shipped_file_is_its_definition(name):
     """The files are generated (python -m tools.workflows); a hand edit or a stale file shows here."""
     ui, _ = wf.load(name)
     assert _projection(ui) == _projection(wf.BUILDERS[name]()), \
-        f"workflows/{name}.json differs from tools/workflows.py; regenerate with: .venv/bin/python -m tools.workflows {name}"
+        f"{wf.ui_path(name)} differs from tools/workflows.py; regenerate with: .venv/bin/python -m tools.workflows {name}"
 
 
 @pytest.mark.parametrize("name", wf.NAMES)
@@ -104,8 +127,7 @@ def test_erase_workflows_title_their_before_and_after_images():
 
 def test_template_browser_serves_the_folder():
     """ComfyUI 0.3.75 serves a pack's templates from one of these folder names (app/custom_node_manager.py)."""
-    accepted = ["example_workflows", "example", "examples", "workflow", "workflows"]
-    assert os.path.basename(wf.WORKFLOWS) in accepted
+    assert os.path.basename(wf.WORKFLOWS) == "example_workflows"  # the name it recommends
     with open(wf.ui_path(wf.NAMES[0]), encoding="utf-8") as f:
         assert json.load(f)["nodes"]  # UI format, the one the template browser opens
 

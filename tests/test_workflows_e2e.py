@@ -1,4 +1,4 @@
-"""End to end: every shipped workflow's API twin (workflows/api/) runs unmodified on the real
+"""End to end: every shipped workflow's API twin (example_workflows/api/) runs unmodified on the real
 ComfyUI server over HTTP and produces its images.
 
 The MiniCanvas workflows load the SAEs shipped in the pack's models/sae; a test whose SAE file
@@ -199,9 +199,14 @@ def test_erase_concept_sd15_saeuron(server):
 
 
 def test_template_browser_lists_and_serves_the_workflows(server):
-    """ComfyUI's template browser finds the pack's workflows/ folder and serves each file."""
+    """ComfyUI's template browser finds the pack's example_workflows/ folder and serves each file
+    and its thumbnail, once (workflows/ holds only a pointer)."""
+    from urllib.parse import quote
+    from urllib.request import urlopen
     listed = server.get("/workflow_templates")
-    assert sorted(listed["ComfyUI-SAEmnesia"]) == sorted(wf.NAMES)  # api/ twins are not templates
+    assert sorted(listed["ComfyUI-SAEmnesia"]) == sorted(wf.TITLES.values())  # api/ twins are not templates
     for name in wf.NAMES:
-        served = server.get(f"/api/workflow_templates/ComfyUI-SAEmnesia/{name}.json")
+        served = server.get(f"/api/workflow_templates/ComfyUI-SAEmnesia/{quote(wf.TITLES[name])}.json")
         assert served == wf.load(name)[0]
+        with urlopen(f"{server.url}/api/workflow_templates/ComfyUI-SAEmnesia/{quote(wf.TITLES[name])}.jpg") as r:
+            assert r.headers["Content-Type"] == "image/jpeg" and len(r.read()) > 5000

@@ -1,10 +1,10 @@
-"""The example workflows in workflows/: defined here once, saved through the real frontend.
+"""The example workflows in example_workflows/: defined here once, saved through the real frontend.
 
 Each workflow is a UI-format graph built with :class:`UIGraph`. ``python -m tools.workflows``
 starts the real ComfyUI server with the pack, loads every graph in the real frontend (headless
 Chromium, ``tools/browser/drive.js convert``) and writes what the frontend saves
-(``workflows/<name>.json``, what the template browser opens) and what it queues
-(``workflows/api/<name>.json``, the API-format twin). Tests check that the files still agree
+(``example_workflows/<title>.json``, what the template browser opens, titled by TITLES) and what
+it queues (``example_workflows/api/<name>.json``, the API-format twin). Tests check that the files still agree
 with each other (tests/test_workflows.py, tests/test_browser.py) and that every twin runs on a
 real server (tests/test_workflows_e2e.py).
 """
@@ -18,7 +18,8 @@ import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKFLOWS = os.path.join(REPO, "workflows")
+# the folder name ComfyUI 0.3.75 asks for (it also reads workflows/, with a hint to rename it)
+WORKFLOWS = os.path.join(REPO, "example_workflows")
 API = os.path.join(WORKFLOWS, "api")
 DRIVER = os.path.join(REPO, "tools", "browser", "drive.js")
 
@@ -111,19 +112,19 @@ def erase_workflow(ckpt: str, sae: str, concepts: str, size: int, steps: int, no
     """Checkpoint -> prompts -> KSampler before and after Erase Concepts -> Save Image both
     (plus, optionally, Inspect Neuron on the erased latent and a tiny Train SAE run)."""
     g = UIGraph()
-    ckpt_n = g.node("CheckpointLoaderSimple", (20, 60), (315, 100), [ckpt],
+    ckpt_n = g.node("CheckpointLoaderSimple", (20, 20), (315, 100), [ckpt],
                     outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")])
     pos_n = g.node("CLIPTextEncode", (360, 20), (400, 140), ["a photo of a cat sitting on a sofa, van gogh style"],
                    inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")], title="positive")
-    neg_n = g.node("CLIPTextEncode", (360, 190), (400, 100), ["blurry, low quality"],
+    neg_n = g.node("CLIPTextEncode", (360, 205), (400, 100), ["blurry, low quality"],
                    inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")], title="negative")
-    lat_n = g.node("EmptyLatentImage", (20, 220), (315, 110), [size, size, 1], outputs=[("LATENT", "LATENT")])
-    sae_n = g.node("SAEmnesiaLoadSAE", (20, 380), (315, 80), [sae], outputs=[("SAE", "SAE"), ("info", "STRING")])
-    erase_n = g.node("SAEmnesiaEraseConcepts", (360, 330), (400, 250),
+    lat_n = g.node("EmptyLatentImage", (20, 180), (315, 110), [size, size, 1], outputs=[("LATENT", "LATENT")])
+    sae_n = g.node("SAEmnesiaLoadSAE", (20, 350), (315, 80), [sae], outputs=[("SAE", "SAE"), ("info", "STRING")])
+    erase_n = g.node("SAEmnesiaEraseConcepts", (360, 350), (400, 272),
                      [concepts, mode, 1.0, 0.0, "both", 0.0, 1.0],
                      inputs=[("model", "MODEL"), ("sae", "SAE")], outputs=[("MODEL", "MODEL")])
     ks = {}
-    samplers = (("before", 790, ckpt_n, "KSampler (before)"), ("after", 1110, erase_n, "KSampler (after)"))
+    samplers = (("before", 790, ckpt_n, "KSampler (before)"), ("after", 1130, erase_n, "KSampler (after)"))
     for key, x, model_src, title in samplers:
         k = g.node("KSampler", (x, 20), (300, 262), [42, "fixed", steps, 7.0, "euler", "normal", 1.0],
                    inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
@@ -132,11 +133,11 @@ def erase_workflow(ckpt: str, sae: str, concepts: str, size: int, steps: int, no
         g.link(pos_n, 0, k, "positive")
         g.link(neg_n, 0, k, "negative")
         g.link(lat_n, 0, k, "latent_image")
-        dec = g.node("VAEDecode", (x, 310), (210, 46), inputs=[("samples", "LATENT"), ("vae", "VAE")],
+        dec = g.node("VAEDecode", (x, 330), (210, 46), inputs=[("samples", "LATENT"), ("vae", "VAE")],
                      outputs=[("IMAGE", "IMAGE")])
         g.link(k, 0, dec, "samples")
         g.link(ckpt_n, 2, dec, "vae")
-        save = g.node("SaveImage", (x, 390), (300, 300), [f"saemnesia_{key}"], inputs=[("images", "IMAGE")],
+        save = g.node("SaveImage", (x, 460), (300, 300), [f"saemnesia_{key}"], inputs=[("images", "IMAGE")],
                       title=f"Save Image ({key})")
         g.link(dec, 0, save, "images")
         ks[key] = k
@@ -144,9 +145,9 @@ def erase_workflow(ckpt: str, sae: str, concepts: str, size: int, steps: int, no
                                  (sae_n, 0, erase_n, "sae")):
         g.link(src, slot, dst, name)
     if note:
-        g.node("Note", (20, 620), (740, 200), [note], **NOTE_COLORS)
+        g.node("Note", (20, 700), (740, 220), [note], **NOTE_COLORS)
     if inspect:
-        ins = g.node("SAEmnesiaInspectNeuron", (1430, 20), (320, 560),
+        ins = g.node("SAEmnesiaInspectNeuron", (1470, 20), (320, 560),
                      ["concept", inspect_concept, 0, max(0, steps - 1), steps, "normal", 0, "fixed"],
                      inputs=[("model", "MODEL"), ("sae", "SAE"), ("vae", "VAE"), ("positive", "CONDITIONING"),
                              ("latent", "LATENT"), ("image", "IMAGE")],
@@ -154,17 +155,17 @@ def erase_workflow(ckpt: str, sae: str, concepts: str, size: int, steps: int, no
         for src, slot, name in ((ckpt_n, 0, "model"), (sae_n, 0, "sae"), (ckpt_n, 2, "vae"), (pos_n, 0, "positive"),
                                 (ks["after"], 0, "latent")):
             g.link(src, slot, ins, name)
-        prev = g.node("PreviewImage", (1430, 610), (320, 260), inputs=[("images", "IMAGE")])
+        prev = g.node("PreviewImage", (1470, 700), (320, 260), inputs=[("images", "IMAGE")])
         g.link(ins, 0, prev, "images")
     if train:
-        tr = g.node("SAEmnesiaTrainSAEFromPrompts", (1790, 20), (360, 760),
+        tr = g.node("SAEmnesiaTrainSAEFromPrompts", (1830, 20), (360, 760),
                     ["browser_trained", "cat, dog", "ink", "a {object} in {style} style", "", "auto", 2, 5.0, "euler",
                      "normal", 1, 0, "fixed", 1, 8, 40, 16, 0.001, True, True],
                     inputs=[("model", "MODEL"), ("clip", "CLIP"), ("latent", "LATENT")],
                     outputs=[("SAE", "SAE"), ("report", "STRING")])
         for src, slot, name in ((ckpt_n, 0, "model"), (ckpt_n, 1, "clip"), (lat_n, 0, "latent")):
             g.link(src, slot, tr, name)
-    return g.workflow()
+    return g.workflow(**_view())
 
 
 SD15_NOTE = (
@@ -172,8 +173,9 @@ SD15_NOTE = (
     "1. Load Checkpoint wants v1-5-pruned-emaonly-fp16.safetensors in ComfyUI/models/checkpoints/: ComfyUI offers "
     "its download when this template opens without it (from huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive), "
     "or pick any SD 1.5 checkpoint you have. Until then queueing fails with 'Value not in list: ckpt_name'.\n"
-    "2. Download a SAeUron SAE folder (e.g. unet.up_blocks.1.attentions.2, the style block) with its cfg.json "
-    "and sae.safetensors into models/sae/, then pick '.../sae.safetensors' in Load SAE.\n"
+    "2. Download a SAeUron SAE folder from huggingface.co/bcywinski/SAeUron (unet.up_blocks.1.attentions.2 is the "
+    "style block, ...attentions.1 the object block) with its cfg.json and sae.safetensors into models/sae/, keeping "
+    "the folder's name, then pick '.../sae.safetensors' in Load SAE.\n"
     "3. Published SAeUron SAEs carry no concept index, so 'concepts' names raw latents: replace the placeholder "
     "neuron:1234 with the latent you want to switch off (find one with Inspect Neuron). With an SAE trained by "
     "'Train SAE from Prompts', use the 'add concept' picker on Erase Concepts instead.\n"
@@ -193,7 +195,6 @@ def erase_concept_sd15_saeuron() -> dict:
     for n in wf["nodes"]:
         if n["type"] == "CheckpointLoaderSimple":
             n["properties"]["models"] = SD15_MODELS
-    wf["extra"]["ds"] = {"scale": 0.75, "offset": [90, 160]}  # the view it was first published with
     return wf
 
 
@@ -214,39 +215,43 @@ VIEW_SCALE = 4  # 32 px pictures are enlarged (nearest: every pixel a 4x4 block)
 
 BEFORE_COLOR, AFTER_COLOR = "#3f789e", "#a1309b"
 # Layout (canvas units): loaders on the left, prompts and SAE nodes in the middle, one column
-# per model to the right (KSampler, VAE Decode, Save Image); _view() sets the opening zoom.
-LEFT, MID, COLUMN, COLUMN_STEP, ROW_STEP, WIDE = 20, 390, 830, 400, 670, 360  # WIDE: column node width
+# per model to the right (KSampler, VAE Decode, Save Image); every template opens at 100%.
+# A node's title bar (30) sits above its pos. Gaps are wide enough for "Nodes 2.0" too, which
+# spreads positions by 1.2 on load and draws each node taller than the canvas does
+# (the browser test measures both: tools/browser/drive.js convert, layoutState).
+LEFT, MID, COLUMN, COLUMN_STEP, ROW_STEP, WIDE = 20, 400, 790, 420, 745, 360  # WIDE: column node width
+GROUP_TOP = -60  # group title bars (24 px type) above the first row of nodes, never under one
 
 
-def _view(scale: float) -> dict:
-    """workflow() arguments that open the canvas with its top-left corner (20, -30) just below
-    the frontend's menus (screen = (canvas + offset) * scale). Below a scale of 0.6 the
-    frontend draws nodes without their text, so no workflow here is zoomed out further."""
-    return {"scale": scale, "offset": (round(80 / scale - LEFT), round(100 / scale + 30))}
+def _view(scale: float = 1.0) -> dict:
+    """workflow() arguments that open the canvas with its top-left corner (LEFT, GROUP_TOP) just
+    below the frontend's menus and its floating Run bar (screen = (canvas + offset) * scale), at
+    100% unless told. Two model columns fit a 1920 x 1080 screen at 100%."""
+    return {"scale": scale, "offset": (round(70 / scale - LEFT), round(130 / scale - GROUP_TOP))}
 
 
 def _demo_base(g: UIGraph, prompts: list[tuple[str, str]], batch: int):
     """Load MiniCanvas Demo Model, the prompts (+ an empty negative) and the 32x32 empty latent.
     Returns (loader, {title: positive}, negative, latent)."""
-    loader = g.add("SAEmnesiaLoadDemoModel", (LEFT, 40), (340, 98), [DEMO_UNET])
-    latent = g.add("EmptyChromaRadianceLatentImage", (LEFT, 160), (340, 106), [32, 32, batch],
+    loader = g.add("SAEmnesiaLoadDemoModel", (LEFT, 20), (330, 98), [DEMO_UNET])
+    latent = g.add("EmptyChromaRadianceLatentImage", (LEFT, 170), (330, 106), [32, 32, batch],
                    title=f"32x32 pixel-space latent, {batch} seeds")
     positives, y = {}, 20
     for title, text in prompts:
-        positives[title] = g.add("CLIPTextEncode", (MID, y), (400, 110), [text], title=title,
+        positives[title] = g.add("CLIPTextEncode", (MID, y), (360, 110), [text], title=title,
                                  links={"clip": (loader, 1)})
-        y += 140
-    negative = g.add("CLIPTextEncode", (MID, y), (400, 90), [""], title="negative (empty)",
+        y += 155
+    negative = g.add("CLIPTextEncode", (MID, y), (360, 90), [""], title="negative (empty)",
                      links={"clip": (loader, 1)})
     return loader, positives, negative, latent
 
 
 def _load_sae(g: UIGraph, y: int, name: str, kind: str):
-    return g.add("SAEmnesiaLoadSAE", (LEFT, y), (340, 82), [name], title=f"Load SAE ({kind})")
+    return g.add("SAEmnesiaLoadSAE", (LEFT, y), (330, 82), [name], title=f"Load SAE ({kind})")
 
 
-def _erase(g: UIGraph, pos, concepts: str, title: str, model, sae, width: int = 400):
-    return g.add("SAEmnesiaEraseConcepts", pos, (width, 250), [concepts, "auto", 1.0, 0.0, "both", 0.0, 1.0],
+def _erase(g: UIGraph, pos, concepts: str, title: str, model, sae, width: int = 360):
+    return g.add("SAEmnesiaEraseConcepts", pos, (width, 272), [concepts, "auto", 1.0, 0.0, "both", 0.0, 1.0],
                  title=title, links={"model": model, "sae": sae})
 
 
@@ -261,15 +266,15 @@ def _sample_and_save(g: UIGraph, x: int, y: int, model, positive, negative, late
     k = g.add("KSampler", (x, y), (WIDE, 262), [SEED, "fixed", STEPS, CFG, SAMPLER, SCHEDULER, 1.0],
               title=f"KSampler ({title})",
               links={"model": model, "positive": (positive, 0), "negative": (negative, 0), "latent_image": (latent, 0)})
-    dec = g.add("VAEDecode", (x, y + 285), (140, 46), links={"samples": (k, 0), "vae": vae})
-    big = _enlarge(g, (x + 150, y + 285), (dec, 0))
-    return k, g.add("SaveImage", (x, y + 390), (WIDE, 250), [prefix], title=title, links={"images": (big, 0)})
+    dec = g.add("VAEDecode", (x, y + 310), (140, 46), links={"samples": (k, 0), "vae": vae})
+    big = _enlarge(g, (x + 190, y + 310), (dec, 0))  # Nodes 2.0 draws VAE Decode 225 wide
+    return k, g.add("SaveImage", (x, y + 445), (WIDE, 250), [prefix], title=title, links={"images": (big, 0)})
 
 
 def _column(g: UIGraph, c: int, title: str, color: str, rows: int = 1, height: int | None = None):
     """x of model column c, framed by a titled group."""
     x = COLUMN + c * COLUMN_STEP
-    g.group(title, (x - 20, -30, COLUMN_STEP, height or 710 + (rows - 1) * ROW_STEP), color)
+    g.group(title, (x - 10, GROUP_TOP, COLUMN_STEP - 10, height or 780 + (rows - 1) * ROW_STEP), color)
     return x
 
 
@@ -277,7 +282,8 @@ ERASE_ONE_NOTE = (
     "SAEmnesia on the MiniCanvas demo model: erase one concept\n\n"
     "The bundled demo model draws 6 objects (circle, square, triangle, cross, star, heart) in 6 styles "
     "(solid, stripes, dots, checker, outline, gradient) from prompts like 'a star in stripes style'. "
-    "It runs offline on a CPU in seconds; its 32x32 pictures are enlarged 4x (nearest) only to be seen.\n\n"
+    "It runs offline on a CPU: about 10 s on 2 shared cores, loading included (measured); its 32x32 pictures "
+    "are enlarged 4x (nearest) only to be seen.\n\n"
     "Both KSamplers use the same prompt, seeds and settings (DDIM, 25 steps, CFG 4, a batch of 4): "
     "Before samples the model as it is, After the model patched by Erase Concepts, which erases 'star' with the "
     "shipped text-state SAE: one SAE on what every cross-attention of the model reads, for objects and styles "
@@ -292,14 +298,14 @@ ERASE_ONE_NOTE = (
 def erase_one_concept_minicanvas() -> dict:
     g = UIGraph()
     loader, pos, neg, latent = _demo_base(g, [("prompt", "a star in stripes style")], BATCH)
-    sae = _load_sae(g, 300, CONTEXT_SAE, "text states")
-    erase = _erase(g, (MID, 280), "star", "Erase Concepts: star", (loader, 0), (sae, 0))
-    g.note((LEFT, 580), (770, 240), ERASE_ONE_NOTE)
+    sae = _load_sae(g, 330, CONTEXT_SAE, "text states")
+    erase = _erase(g, (MID, 330), "star", "Erase Concepts: star", (loader, 0), (sae, 0))
+    g.note((LEFT, 500), (330, 440), ERASE_ONE_NOTE)
     for c, (title, model, tag) in enumerate((("Before", (loader, 0), "before"),
                                              ("After (star erased)", (erase, 0), "after"))):
         x = _column(g, c, title, (BEFORE_COLOR, AFTER_COLOR)[c])
         _sample_and_save(g, x, 20, model, pos["prompt"], neg, latent, (loader, 2), title, f"SAEmnesia/erase_one_{tag}")
-    return g.workflow(**_view(0.75))
+    return g.workflow(**_view())
 
 
 ERASE_SEVERAL_NOTE = (
@@ -322,11 +328,11 @@ def erase_several_concepts_minicanvas() -> dict:
     rows = [("prompt 1", "a star in stripes style", "star in stripes"),
             ("prompt 2", "a heart in dots style", "heart in dots")]
     loader, pos, neg, latent = _demo_base(g, [r[:2] for r in rows], 2)
-    sae = _load_sae(g, 300, CONTEXT_SAE, "text states")
-    erase_a = _erase(g, (MID, 420), "star, heart", "A: erase star + heart (one node)", (loader, 0), (sae, 0))
-    erase_b1 = _erase(g, (MID, 700), "star", "B1: erase star", (loader, 0), (sae, 0))
-    erase_b2 = _erase(g, (MID, 980), "stripes", "B2: then erase stripes", (erase_b1, 0), (sae, 0))
-    g.note((LEFT, 540), (340, 690), ERASE_SEVERAL_NOTE)
+    sae = _load_sae(g, 330, CONTEXT_SAE, "text states")
+    erase_a = _erase(g, (MID, 480), "star, heart", "A: erase star + heart (one node)", (loader, 0), (sae, 0))
+    erase_b1 = _erase(g, (MID, 830), "star", "B1: erase star", (loader, 0), (sae, 0))
+    erase_b2 = _erase(g, (MID, 1180), "stripes", "B2: then erase stripes", (erase_b1, 0), (sae, 0))
+    g.note((LEFT, 500), (330, 690), ERASE_SEVERAL_NOTE)
     columns = [("Before", (loader, 0), "before", BEFORE_COLOR),
                ("After A (star, heart erased)", (erase_a, 0), "after_a", AFTER_COLOR),
                ("After B (star + stripes erased)", (erase_b2, 0), "after_b", AFTER_COLOR)]
@@ -335,7 +341,7 @@ def erase_several_concepts_minicanvas() -> dict:
         for r, (row, _, subject) in enumerate(rows):
             _sample_and_save(g, x, 20 + r * ROW_STEP, model, pos[row], neg, latent, (loader, 2),
                              f"{title.split(' (')[0]}: {subject}", f"SAEmnesia/erase_several_{tag}_{r + 1}")
-    return g.workflow(**_view(0.6))
+    return g.workflow(**_view())
 
 
 INSPECT_NOTE = (
@@ -354,22 +360,22 @@ def inspect_neuron_minicanvas() -> dict:
     g = UIGraph()
     loader, pos, neg, latent = _demo_base(g, [("prompt", "a star in stripes style")], 2)
     positive = pos["prompt"]
-    g.note((MID, 280), (400, 420), INSPECT_NOTE)
+    g.note((MID, 330), (360, 480), INSPECT_NOTE)
     x = _column(g, 0, "Generated", BEFORE_COLOR)
     sampler, _ = _sample_and_save(g, x, 20, (loader, 0), positive, neg, latent, (loader, 2), "Generated",
                                   "SAEmnesia/inspect_generated")
     for i, (sae_file, concept, kind) in enumerate(((OBJECTS_SAE, "star", "objects"), (STYLES_SAE, "stripes", "styles"))):
-        sae = _load_sae(g, 300 + i * 110, sae_file, kind)
-        x = _column(g, 1 + i, f"Where '{concept}' fires", AFTER_COLOR, height=1240)
+        sae = _load_sae(g, 330 + i * 150, sae_file, kind)
+        x = _column(g, 1 + i, f"Where '{concept}' fires", AFTER_COLOR, height=1380)
         # tall enough to show its own heatmap preview under the widgets (already 256 px with its scale)
         ins = g.add("SAEmnesiaInspectNeuron", (x, 20), (WIDE, 640),
                     ["concept", concept, 0, 12, STEPS, SCHEDULER, SEED, "fixed"], title=f"Inspect Neuron: {concept}",
                     links={"model": (loader, 0), "sae": (sae, 0), "vae": (loader, 2), "positive": (positive, 0),
                            "latent": (sampler, 0)})
-        g.add("SaveImage", (x, 690), (WIDE, 280), [f"SAEmnesia/inspect_{concept}"], title=f"Heatmap: {concept}",
+        g.add("SaveImage", (x, 760), (WIDE, 280), [f"SAEmnesia/inspect_{concept}"], title=f"Heatmap: {concept}",
               links={"images": (ins, 0)})
-        g.add("PreviewAny", (x, 1000), (WIDE, 200), title=f"Summary: {concept}", links={"source": (ins, 1)})
-    return g.workflow(**_view(0.65))
+        g.add("PreviewAny", (x, 1110), (WIDE, 200), title=f"Summary: {concept}", links={"source": (ins, 1)})
+    return g.workflow(**_view())
 
 
 TRAIN_NOTE = (
@@ -378,7 +384,7 @@ TRAIN_NOTE = (
     "records their text states (hook_point 'context': what every cross-attention of the model reads), trains a "
     "small SAEmnesia-supervised TopK SAE (one latent per concept) and saves it as "
     "models/sae/minicanvas_trained.safetensors. Overwrite is on, so queueing again replaces it; Cancel keeps the "
-    "last checkpoint and the next run resumes from it. Well under a minute on a CPU: text states need no "
+    "last checkpoint and the next run resumes from it. About 45 s on 2 shared CPU cores (measured): text states need no "
     "sampling. Put a block name (e.g. output_blocks.3.1), or several comma separated, in hook_point to train on "
     "what the model draws instead (minutes: every prompt is sampled).\n\n"
     "Its SAE goes straight into Erase Concepts ('star'), so the After images use the SAE just trained. It is "
@@ -390,20 +396,20 @@ TRAIN_NOTE = (
 def train_then_erase_minicanvas() -> dict:
     g = UIGraph()
     loader, pos, neg, latent = _demo_base(g, [("prompt", "a star in stripes style")], BATCH)
-    g.note((LEFT, 300), (340, 560), TRAIN_NOTE)
-    train = g.add("SAEmnesiaTrainSAEFromPrompts", (MID, 280), (400, 800),
+    train = g.add("SAEmnesiaTrainSAEFromPrompts", (LEFT, 330), (374, 800),
                   ["minicanvas_trained", OBJECTS, STYLES, "a {object} in {style} style", "", "context",
                    STEPS, CFG, SAMPLER, SCHEDULER, 1, 0, "fixed", 4, 16, 600, 512, 0.001, True, True],
-                  title="Train SAE from Prompts (under a minute on a CPU)",
+                  title="Train SAE from Prompts (about 45 s on 2 CPU cores)",
                   links={"model": (loader, 0), "clip": (loader, 1), "latent": (latent, 0)})
-    erase = _erase(g, (COLUMN, 20), "star", "Erase Concepts: star", (loader, 0), (train, 0), width=WIDE)
-    g.add("PreviewAny", (COLUMN, 300), (WIDE, 300), title="Training report", links={"source": (train, 1)})
+    erase = _erase(g, (MID, 330), "star", "Erase Concepts: star", (loader, 0), (train, 0))
+    g.add("PreviewAny", (MID, 680), (360, 300), title="Training report", links={"source": (train, 1)})
+    g.note((MID, 1030), (360, 560), TRAIN_NOTE)
     for c, (title, model, tag) in enumerate((("Before", (loader, 0), "before"),
                                              ("After (star erased)", (erase, 0), "after"))):
-        x = _column(g, c + 1, title, (BEFORE_COLOR, AFTER_COLOR)[c])
+        x = _column(g, c, title, (BEFORE_COLOR, AFTER_COLOR)[c])
         _sample_and_save(g, x, 20, model, pos["prompt"], neg, latent, (loader, 2), title,
                          f"SAEmnesia/train_then_erase_{tag}")
-    return g.workflow(**_view(0.6))
+    return g.workflow(**_view())
 
 
 # name -> builder; the order the README lists them in
@@ -415,6 +421,16 @@ BUILDERS = {
     "erase_concept_sd15_saeuron": erase_concept_sd15_saeuron,
 }
 NAMES = list(BUILDERS)
+# name -> file name in example_workflows/ (and of its .jpg thumbnail). The template browser shows
+# the file name as the title, so each starts with its place in the order; no characters that
+# need quoting in a URL or a shell beyond spaces.
+TITLES = {
+    "erase_one_concept_minicanvas": "1 Start here - erase one concept (demo model)",
+    "erase_several_concepts_minicanvas": "2 Erase several concepts, in one node or chained (demo model)",
+    "inspect_neuron_minicanvas": "3 Inspect Neuron - where a concept fires (demo model)",
+    "train_then_erase_minicanvas": "4 Train an SAE from prompts, then erase with it (demo model)",
+    "erase_concept_sd15_saeuron": "5 Your SD 1.5 - switch off an SAeUron SAE latent (needs downloads)",
+}
 
 
 # --------------------------------------------------------------------------- for the tests
@@ -439,7 +455,11 @@ def missing_saes(api: dict) -> list[str]:
 
 
 def ui_path(name: str) -> str:
-    return os.path.join(WORKFLOWS, f"{name}.json")
+    return os.path.join(WORKFLOWS, f"{TITLES[name]}.json")
+
+
+def thumbnail_path(name: str) -> str:
+    return os.path.join(WORKFLOWS, f"{TITLES[name]}.jpg")
 
 
 def api_path(name: str) -> str:
@@ -485,7 +505,7 @@ def convert(url: str, workflow: dict, work: str, name: str, screenshots: str | N
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Write workflows/*.json and workflows/api/*.json through the real "
+    ap = argparse.ArgumentParser(description="Write example_workflows/*.json and example_workflows/api/*.json through the real "
                                              "ComfyUI frontend (needs chromium and npm ci --prefix tools/browser).")
     ap.add_argument("names", nargs="*", default=NAMES, help=f"which workflows (default: all of {', '.join(NAMES)})")
     ap.add_argument("--screenshots", help="also save a screenshot of each loaded workflow into this folder")

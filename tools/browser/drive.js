@@ -1,6 +1,9 @@
 #!/usr/bin/env node
 // Drive the real ComfyUI frontend in headless Debian Chromium (never a downloaded browser).
 //
+// Every command takes --renderer classic|vue (default classic): the frontend's node renderer,
+// "Comfy.VueNodes.Enabled" ("Nodes 2.0"). It is set each time: the setting is stored on the server.
+//
 //   node drive.js run     --url URL --workflow ui.json --out DIR [--concept NAME | --expect NAME] [--timeout SEC]
 //       check the four help pages are served, load the UI-format workflow, check the Erase
 //       Concepts picker (wait until it lists NAME), pick NAME through the real combo menu
@@ -12,8 +15,12 @@
 //       a workflow whose Erase Concepts node is fed by a Load SAE with a bad file: record what its
 //       picker says; then feed it from the Train node (whose text names NAME), open the picker's
 //       real combo menu and record what the menu entries contain and whether any script ran.
-//   node drive.js convert --url URL --workflow ui.json --ui-out saved.json --api-out api.json
-//       load a UI-format workflow and write what the frontend saves (UI format) and queues (API format).
+//   node drive.js templates --url URL --pack NAME --out DIR
+//       open the template browser on the pack's category: its cards, whether each thumbnail loaded,
+//       their order sorted A → Z; open the first one and report its zoom. Two screenshots.
+//   node drive.js convert --url URL --workflow ui.json --ui-out saved.json --api-out api.json [--out DIR --name NAME]
+//       load a UI-format workflow and write what the frontend saves (UI format) and queues (API format);
+//       print where each node is drawn (overlaps, group titles covered, the view's scale); screenshot.
 //
 // Exit code 0 = success; otherwise the JSON printed has "error".
 "use strict";
@@ -45,6 +52,9 @@ function parseArgs(argv) {
   return out;
 }
 
+// a common artist's screen: the templates are laid out to open at 100% on it
+const VIEWPORT = { width: 1920, height: 1080 };
+
 const LOG = []; // browser console errors/warnings, reported with the result or the error
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -61,7 +71,9 @@ async function waitFor(page, fn, arg, { timeout = 60000, what = "condition", eve
   throw new Error(`timed out after ${timeout / 1000}s waiting for ${what}; last state: ${JSON.stringify(last)}`);
 }
 
-async function openComfy(context, url, log) {
+const VUE_NODES = "Comfy.VueNodes.Enabled";
+
+async function openComfy(context, url, log, renderer = "classic") {
   const page = await context.newPage();
   page.on("console", (m) => {
     if (m.type() === "error" || m.type() === "warning") log.push(`${m.type()}: ${m.text()}`);
@@ -82,6 +94,17 @@ async function openComfy(context, url, log) {
     { timeout: 120000, what: "the ComfyUI frontend with the SAEmnesia extension" }
   );
   await sleep(1500); // let the frontend finish restoring its start-up workflow before we load ours
+  const vue = renderer === "vue";
+  const now = await page.evaluate(
+    async ({ key, vue }) => {
+      const setting = window.comfyAPI.app.app.extensionManager.setting;
+      if (setting.get(key) !== vue) await setting.set(key, vue);
+      return setting.get(key);
+    },
+    { key: VUE_NODES, vue }
+  );
+  if (now !== vue) throw new Error(`could not switch ${VUE_NODES} to ${vue}`);
+  await sleep(500);
   return page;
 }
 
@@ -98,10 +121,15 @@ function pickerState() {
   const nodes = app.graph.nodes.filter((n) => (n.comfyClass ?? n.type) === "SAEmnesiaEraseConcepts");
   return nodes.map((n) => {
     const picker = n.widgets.find((w) => w.name === "add concept");
+    const line = n.saemnesiaStatus;
+    const box = line?.isConnected ? line.getBoundingClientRect() : null;
     return {
       id: n.id,
       values: picker ? [...picker.options.values] : null,
       status: n.saemnesia?.status ?? null,
+      // the status line as the user sees it on the node
+      status_text: line?.textContent ?? null,
+      status_visible: !!box && box.width > 20 && box.height > 5,
       concepts: n.saemnesia?.concepts ?? null,
       text: n.widgets.find((w) => w.name === "concepts")?.value,
       error: n.saemnesia?.error ?? null,
@@ -125,7 +153,10 @@ async function widgetPoint(page, nodeId, widgetName) {
   );
 }
 
-async function pickConcept(page, nodeId, concept) {
+const escapeRegExp = (text) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+
+async function pickConcept(page, nodeId, concept, renderer = "classic") {
+  if (renderer === "vue") return pickConceptVue(page, nodeId, concept);
   await page.evaluate(() => window.comfyAPI.app.app.canvas.setDirty(true, true));
   await sleep(300);
   const at = await widgetPoint(page, nodeId, "add concept");
@@ -134,6 +165,31 @@ async function pickConcept(page, nodeId, concept) {
   await entry.waitFor({ state: "visible", timeout: 10000 });
   const labels = await page.locator(".litecontextmenu .litemenu-entry").allInnerTexts();
   return { entry, labels };
+}
+
+// Nodes 2.0: each node is DOM; the picker is a PrimeVue Select whose menu is an overlay list.
+async function pickConceptVue(page, nodeId, concept) {
+  const select = page.locator(`[data-node-id="${nodeId}"] [aria-label="add concept"]`).first();
+  await select.waitFor({ state: "visible", timeout: 10000 });
+  await select.click();
+  const options = page.locator(".p-select-overlay li[role=option]");
+  await options.first().waitFor({ state: "visible", timeout: 10000 });
+  const labels = await options.allInnerTexts();
+  // entries read "+ name · kind · latent n" (or just the name): match the name exactly
+  const entry = options.filter({ hasText: new RegExp(`^(?:[+✓] )?${escapeRegExp(concept)}(?: ·|$)`) }).first();
+  try {
+    await entry.waitFor({ state: "visible", timeout: 5000 });
+  } catch {
+    throw new Error(`the Nodes 2.0 picker has no entry ${JSON.stringify(concept)}; it lists ${JSON.stringify(labels)}`);
+  }
+  return { entry, labels };
+}
+
+// What a Nodes 2.0 node shows in its own inputs (the DOM, not the graph behind it).
+function vueInputs(nodeId) {
+  const el = document.querySelector(`[data-node-id="${nodeId}"]`);
+  if (!el) return null;
+  return [...el.querySelectorAll("input, textarea")].map((i) => i.value);
 }
 
 // Rewire the Erase node's `sae` input and record what its picker offers at each stage.
@@ -188,9 +244,11 @@ async function run(opts) {
       executablePath: CHROMIUM,
       headless: true,
       args: ARGS,
-      viewport: { width: 1600, height: 1000 },
+      viewport: VIEWPORT,
     });
-    const page = await openComfy(context, opts.url, log);
+    const renderer = opts.renderer === "vue" ? "vue" : "classic";
+    result.renderer = renderer;
+    const page = await openComfy(context, opts.url, log, renderer);
     await loadWorkflow(page, workflow);
 
     // 0. the help pages resolve where the frontend looks for them (/extensions/<pack>/docs/<node>.md)
@@ -225,14 +283,19 @@ async function run(opts) {
     // 2. pick a concept through the real combo menu
     if (opts.concept) {
       const nodeId = before.states[0].id;
-      const { entry, labels } = await pickConcept(page, nodeId, opts.concept);
+      if (renderer === "vue") result.vue_inputs_before = await page.evaluate(vueInputs, nodeId);
+      const { entry, labels } = await pickConcept(page, nodeId, opts.concept, renderer);
       result.menu_labels = labels;
-      const shot = path.join(outDir, "concept_picker.png");
+      const shot = path.join(outDir, `concept_picker_${renderer}.png`);
       await page.screenshot({ path: shot });
       result.screenshots.push(shot);
       await entry.click();
-      await sleep(200);
+      await sleep(500);
       result.picker_after = await page.evaluate(pickerState);
+      if (renderer === "vue") result.vue_inputs_after = await page.evaluate(vueInputs, nodeId);
+      const picked = path.join(outDir, `concept_picked_${renderer}.png`);
+      await page.screenshot({ path: picked });
+      result.screenshots.push(picked);
     }
 
     // 3. the picker follows the wiring: unplugged, fed by a Train node, plugged back
@@ -259,7 +322,10 @@ async function run(opts) {
           .map((n) => ({
             id: n.id,
             type: n.comfyClass ?? n.type,
-            images: (n.imgs ?? []).filter((img) => img.complete && img.naturalWidth > 0).map((img) => ({ src: img.src, width: img.naturalWidth, height: img.naturalHeight })),
+            // the classic canvas draws node.imgs; Nodes 2.0 shows <img> elements in the node
+            images: [...(n.imgs ?? []), ...document.querySelectorAll(`[data-node-id="${n.id}"] img`)]
+              .filter((img) => img.complete && img.naturalWidth > 0)
+              .map((img) => ({ src: img.src, width: img.naturalWidth, height: img.naturalHeight })),
           }));
         const curves = app.graph.nodes
           .filter((n) => n.saemnesiaCurve)
@@ -277,7 +343,7 @@ async function run(opts) {
 
     await page.evaluate(() => window.comfyAPI.app.app.canvas.setDirty(true, true));
     await sleep(500);
-    const shot = path.join(outDir, "erase_workflow.png");
+    const shot = path.join(outDir, `erase_workflow_${renderer}.png`);
     await page.screenshot({ path: shot });
     result.screenshots.push(shot);
     return result;
@@ -293,8 +359,10 @@ async function hostile(opts) {
   const result = { log: LOG, screenshots: [] };
   let context;
   try {
-    context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: ARGS, viewport: { width: 1600, height: 1000 } });
-    const page = await openComfy(context, opts.url, LOG);
+    context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: ARGS, viewport: VIEWPORT });
+    const renderer = opts.renderer === "vue" ? "vue" : "classic";
+    result.renderer = renderer;
+    const page = await openComfy(context, opts.url, LOG, renderer);
     // what a payload would call if the browser ever ran it
     await page.evaluate(() => {
       window.__saemnesiaXss = [];
@@ -331,25 +399,35 @@ async function hostile(opts) {
       { timeout: 30000, what: "the picker to list the Train node's concepts" }
     );
     result.planned = planned;
-    // 3. the real combo menu, as a user opens it
-    await page.evaluate(() => window.comfyAPI.app.app.canvas.setDirty(true, true));
-    await sleep(300);
-    const at = await widgetPoint(page, planned.id, "add concept");
-    await page.mouse.click(at.x, at.y);
-    await page.locator(".litecontextmenu .litemenu-entry").first().waitFor({ state: "visible", timeout: 10000 });
+    // 3. the real combo menu, as a user opens it (the canvas's context menu, or the Nodes 2.0 Select's list)
+    const menu = renderer === "vue" ? ".p-select-overlay" : ".litecontextmenu";
+    const entries = renderer === "vue" ? ".p-select-overlay li[role=option]" : ".litecontextmenu .litemenu-entry";
+    if (renderer === "vue") {
+      await page.locator(`[data-node-id="${planned.id}"] [aria-label="add concept"]`).first().click();
+    } else {
+      await page.evaluate(() => window.comfyAPI.app.app.canvas.setDirty(true, true));
+      await sleep(300);
+      const at = await widgetPoint(page, planned.id, "add concept");
+      await page.mouse.click(at.x, at.y);
+    }
+    await page.locator(entries).first().waitFor({ state: "visible", timeout: 10000 });
     await sleep(1500); // time for an injected <img onerror> to fire
-    result.menu = await page.evaluate(() =>
-      [...document.querySelectorAll(".litecontextmenu .litemenu-entry")].map((e) => ({
-        text: e.textContent,
-        html: e.innerHTML,
-        elements: e.querySelectorAll("*").length,
-      }))
+    result.menu = await page.evaluate(
+      (entries) =>
+        [...document.querySelectorAll(entries)].map((e) => ({
+          text: e.textContent,
+          html: e.innerHTML,
+          // elements besides the Select's own <span> around the label text
+          elements: e.querySelectorAll(":not(span[data-pc-section=optionlabel])").length,
+        })),
+      entries
     );
-    result.injected = await page.evaluate(() => document.querySelectorAll(".litecontextmenu img, .litecontextmenu script, .litecontextmenu svg").length);
+    result.injected = await page.evaluate((menu) => document.querySelectorAll(`${menu} img, ${menu} script, ${menu} svg`).length, menu);
+    result.status_text = await page.evaluate((id) => window.comfyAPI.app.app.graph.getNodeById(id).saemnesiaStatus?.textContent ?? null, planned.id);
     result.script_ran = await page.evaluate(() => window.__saemnesiaXss.length);
     if (opts.out) {
       fs.mkdirSync(opts.out, { recursive: true });
-      const shot = path.join(opts.out, "hostile_concept_menu.png");
+      const shot = path.join(opts.out, `hostile_concept_menu_${renderer}.png`);
       await page.screenshot({ path: shot });
       result.screenshots.push(shot);
     }
@@ -360,28 +438,116 @@ async function hostile(opts) {
   }
 }
 
+// Where the nodes are, as the renderer draws them (title bar included; Nodes 2.0 nodes are
+// DOM boxes, often taller than on the canvas), in canvas units: which ones overlap each other,
+// which ones reach into a group's title bar, and the view the workflow opened with.
+function layoutState(renderer) {
+  const app = window.comfyAPI.app.app;
+  const ds = app.canvas.ds;
+  const boxes = [];
+  for (const n of app.graph.nodes) {
+    let box;
+    if (renderer === "vue") {
+      const el = document.querySelector(`[data-node-id="${n.id}"]`);
+      if (!el) continue;
+      const r = el.getBoundingClientRect();
+      const c = app.canvas.canvas.getBoundingClientRect();
+      const [x, y] = ds.convertCanvasToOffset([r.left - c.left, r.top - c.top]);
+      box = [x, y, r.width / ds.scale, r.height / ds.scale];
+    } else {
+      const b = n.getBounding();
+      box = [b[0], b[1], b[2], b[3]];
+    }
+    boxes.push({ id: n.id, title: n.title, box: box.map((v) => Math.round(v)) });
+  }
+  const meet = (a, b) => Math.min(a[0] + a[2], b[0] + b[2]) - Math.max(a[0], b[0]) > 2 && Math.min(a[1] + a[3], b[1] + b[3]) - Math.max(a[1], b[1]) > 2;
+  const overlaps = [];
+  for (let i = 0; i < boxes.length; i++)
+    for (let j = i + 1; j < boxes.length; j++) if (meet(boxes[i].box, boxes[j].box)) overlaps.push([boxes[i].title, boxes[j].title]);
+  const groups = (app.graph.groups ?? []).map((g) => {
+    const [x, y, w, h] = g._bounding ?? g.bounding;
+    const bar = [x, y, w, (g.font_size ?? 24) * 1.4];
+    return { title: g.title, font_size: g.font_size, covered_by: boxes.filter((b) => meet(b.box, bar)).map((b) => b.title) };
+  });
+  return { scale: ds.scale, offset: [...ds.offset], boxes, overlaps, groups };
+}
+
 async function convert(opts) {
   const log = LOG;
   const workflow = JSON.parse(fs.readFileSync(opts.workflow, "utf8"));
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), "saemnesia-chromium-"));
   let context;
   try {
-    context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: ARGS, viewport: { width: 1600, height: 1000 } });
-    const page = await openComfy(context, opts.url, log);
+    context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: ARGS, viewport: VIEWPORT });
+    const renderer = opts.renderer === "vue" ? "vue" : "classic";
+    const page = await openComfy(context, opts.url, log, renderer);
     await loadWorkflow(page, workflow);
-    await sleep(500);
+    await sleep(renderer === "vue" ? 1500 : 500);
     const out = await page.evaluate(async () => {
       const app = window.comfyAPI.app.app;
       const p = await app.graphToPrompt();
       return { ui: p.workflow, api: p.output };
     });
+    out.layout = await page.evaluate(layoutState, renderer);
     if (opts["ui-out"]) fs.writeFileSync(opts["ui-out"], JSON.stringify(out.ui, null, 2) + "\n");
     if (opts["api-out"]) fs.writeFileSync(opts["api-out"], JSON.stringify(out.api, null, 2) + "\n");
     if (opts.out) {
       fs.mkdirSync(opts.out, { recursive: true });
-      await page.screenshot({ path: path.join(opts.out, `${path.basename(opts.workflow, ".json")}.png`) });
+      const stem = typeof opts.name === "string" ? opts.name.replace(/[^\w.-]/g, "_") : path.basename(opts.workflow, ".json");
+      await page.screenshot({ path: path.join(opts.out, `${stem}_${renderer}.png`) });
     }
-    return { ui: out.ui, api: out.api, log };
+    return { ui: out.ui, api: out.api, layout: out.layout, renderer, log };
+  } finally {
+    if (context) await context.close().catch(() => {});
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+// The template browser as an artist opens it: the pack's category, its cards and thumbnails,
+// sorted A → Z, then the first card opened onto the canvas.
+async function templates(opts) {
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), "saemnesia-chromium-"));
+  const result = { log: LOG, screenshots: [] };
+  let context;
+  try {
+    context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: ARGS, viewport: VIEWPORT });
+    const page = await openComfy(context, opts.url, LOG, opts.renderer === "vue" ? "vue" : "classic");
+    await page.evaluate(() => window.comfyAPI.app.app.extensionManager.command.execute("Comfy.BrowseTemplates"));
+    const dialog = page.locator("[role=dialog]");
+    await dialog.getByText(opts.pack, { exact: true }).first().click();
+    const cards = () =>
+      page.evaluate(() =>
+        [...document.querySelectorAll("[role=dialog] img[alt]")].map((i) => ({
+          title: i.alt,
+          loaded: i.complete && i.naturalWidth > 0 && !i.src.includes("default-template"),
+        }))
+      );
+    await waitFor(page, () => {
+      const imgs = [...document.querySelectorAll("[role=dialog] img[alt]")];
+      return { ok: imgs.length > 0 && imgs.every((i) => i.complete && i.naturalWidth > 0), n: imgs.length };
+    }, null, { timeout: 30000, what: "the pack's template cards and their thumbnails" });
+    await sleep(500);
+    result.cards = await cards();
+    await dialog.getByText("Newest", { exact: true }).first().click();
+    await page.getByRole("option", { name: "A → Z" }).click();
+    await sleep(1000);
+    result.sorted = await cards();
+    fs.mkdirSync(opts.out, { recursive: true });
+    const shot = path.join(opts.out, "template_browser.png");
+    await page.screenshot({ path: shot });
+    result.screenshots.push(shot);
+    await dialog.locator(`img[alt="${result.sorted[0].title.replace(/"/g, '\\"')}"]`).first().click();
+    await waitFor(page, () => ({ ok: !document.querySelector("[role=dialog]") && window.comfyAPI.app.app.graph.nodes.length > 3 }), null,
+      { timeout: 30000, what: "the first template to open" });
+    await sleep(1500);
+    result.opened = await page.evaluate(() => {
+      const app = window.comfyAPI.app.app;
+      return { nodes: app.graph.nodes.length, scale: app.canvas.ds.scale, offset: [...app.canvas.ds.offset] };
+    });
+    const opened = path.join(opts.out, "template_opened.png");
+    await page.screenshot({ path: opened });
+    result.screenshots.push(opened);
+    return result;
   } finally {
     if (context) await context.close().catch(() => {});
     fs.rmSync(profile, { recursive: true, force: true });
@@ -391,8 +557,8 @@ async function convert(opts) {
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
   const cmd = opts._[0];
-  const commands = { run, convert, hostile };
-  if (!opts.url || !opts.workflow || !(cmd in commands)) {
+  const commands = { run, convert, hostile, templates };
+  if (!opts.url || (!opts.workflow && cmd !== "templates") || !(cmd in commands)) {
     console.error("usage: node drive.js run|convert|hostile --url URL --workflow ui.json [--out DIR] [--concept NAME] [--ui-out F] [--api-out F]");
     process.exit(2);
   }

@@ -16,6 +16,7 @@ const ERASE = "SAEmnesiaEraseConcepts";
 const TRAIN = "SAEmnesiaTrainSAEFromPrompts";
 
 const PICKER = "add concept";
+const STATUS = "picker status";
 const CURVE = "training curve";
 const PICKER_TIP = "Pick a concept of the connected SAE to add it to (or remove it from) 'concepts'.";
 const MAX_HOPS = 32;
@@ -131,12 +132,53 @@ function describeKinds(concepts) {
     .join(", ");
 }
 
+// Nodes 2.0 (the Vue renderer) copies a widget's options once, when it builds the node
+// ({...options}); a `values` array assigned later never reaches its Select, which then shows
+// "No available options". So the picker keeps one array and changes it in place, through
+// Vue's own reactive proxy of it (the frontend and extensions share one Vue via the import
+// map), so the open Select sees the change. Without Vue (older frontends) it is a plain splice.
+let vueReactive = null;
+import("vue")
+  .then((vue) => {
+    // pickers filled before this resolved need nothing: a Select reads the array when it mounts
+    vueReactive = typeof vue?.reactive === "function" ? vue.reactive : null;
+  })
+  .catch(() => {});
+
+function replaceValues(list, items) {
+  let target = list;
+  try {
+    if (vueReactive) target = vueReactive(list);
+  } catch {
+    target = list;
+  }
+  target.splice(0, target.length, ...items);
+}
+
 function setPicker(node, patch) {
   const state = node.saemnesia;
   Object.assign(state, patch);
   const picker = widgetOf(node, PICKER);
-  if (picker) picker.options.values = state.concepts.map((c) => c.name);
+  if (picker) {
+    if (!Array.isArray(picker.options.values)) picker.options.values = [];
+    replaceValues(picker.options.values, state.concepts.map((c) => c.name));
+  }
+  showStatus(node);
   node.setDirtyCanvas?.(true, true);
+}
+
+// The picker's state as a line of text on the node, in both renderers (a DOM widget: the
+// classic canvas overlays it, Nodes 2.0 mounts it). textContent only: names are never markup.
+function showStatus(node) {
+  const el = node.saemnesiaStatus;
+  if (!el) return;
+  const state = node.saemnesia;
+  const chosen = splitConcepts(widgetOf(node, "concepts")?.value).length;
+  const text = state.concepts.length && !state.error ? `${state.status} · ${chosen} chosen` : state.status;
+  el.textContent = text;
+  el.title = state.error ?? text;
+  el.dataset.state = state.error ? "error" : state.concepts.length ? "ready" : "empty";
+  el.style.color = state.error ? "#ff8a80" : state.concepts.length ? "#b8e0b0" : "#bbb";
 }
 
 function sourceKey(src, train) {
@@ -212,11 +254,18 @@ function setupErase(node) {
 
   const plainLabel = (value) => {
     const state = node.saemnesia;
-    if (value == null || value === "") return state.status;
+    if (value == null || value === "") return state.concepts.length ? "pick a concept…" : state.status;
     const c = state.concepts.find((x) => x.name === value);
     const chosen = splitConcepts(text.value, state.separators).some((s) => s.toLowerCase() === String(value).toLowerCase());
     const detail = c ? ` · ${c.kind}${c.latent != null ? ` · latent ${c.latent}` : ""}` : "";
     return `${chosen ? "✓" : "+"} ${value}${detail}`;
+  };
+  const safePlain = (value) => {
+    try {
+      return plainLabel(value);
+    } catch {
+      return String(value ?? "");
+    }
   };
   // Never throws: on an exception the frontend falls back to the raw value, unescaped.
   const label = (value) => {
@@ -227,8 +276,24 @@ function setupErase(node) {
     }
   };
 
-  // Appended last and never serialized: widgets_values stay positional and identical to a
-  // workflow saved without this extension.
+  // Status line and picker are appended last and never serialized: widgets_values stay
+  // positional and identical to a workflow saved without this extension.
+  const line = document.createElement("div");
+  line.className = "saemnesia-picker-status";
+  line.style.cssText = "font:12px sans-serif;line-height:18px;padding:0 14px;white-space:nowrap;overflow:hidden;" +
+    "text-overflow:ellipsis;box-sizing:border-box;width:100%;";
+  node.saemnesiaStatus = line;
+  const status = node.addDOMWidget(STATUS, "saemnesia_status", line, {
+    serialize: false,
+    hideOnZoom: false,
+    getValue: () => undefined,
+    setValue: () => {},
+    margin: 2, // the default (10 each side) leaves a one-line widget no height on the classic canvas
+    getMinHeight: () => 22,
+    getMaxHeight: () => 22,
+  });
+  status.serialize = false;
+
   const picker = node.addWidget(
     "combo",
     PICKER,
@@ -237,14 +302,28 @@ function setupErase(node) {
       if (value) {
         text.value = toggleConcept(text.value, String(value), node.saemnesia.separators);
         text.callback?.(text.value);
+        // Nodes 2.0 keeps the picked name in its Select after this callback returns: hand it
+        // the empty value again once it is done (the classic canvas needs nothing more).
+        queueMicrotask(() => picker.callback?.(""));
       }
       picker.value = "";
+      showStatus(node);
       node.setDirtyCanvas?.(true, true);
     },
-    { values: [], serialize: false, getOptionLabel: label }
+    // optionLabel and placeholder are read by the Nodes 2.0 Select only (as plain text, which
+    // Vue escapes); getOptionLabel by the classic menu (into innerHTML: escaped above).
+    { values: [], serialize: false, getOptionLabel: label, optionLabel: safePlain, placeholder: "pick a concept…" }
   );
   picker.serialize = false;
   picker.tooltip = PICKER_TIP;
+
+  // typing in `concepts` changes the "n chosen" count
+  const textCallback = text.callback;
+  text.callback = function (...args) {
+    const r = textCallback?.apply(this, args);
+    showStatus(node);
+    return r;
+  };
 
   const onConnectionsChange = node.onConnectionsChange;
   node.onConnectionsChange = function (...args) {
