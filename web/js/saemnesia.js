@@ -173,7 +173,7 @@ function showStatus(node) {
   const el = node.saemnesiaStatus;
   if (!el) return;
   const state = node.saemnesia;
-  const chosen = splitConcepts(widgetOf(node, "concepts")?.value).length;
+  const chosen = splitConcepts(widgetOf(node, "concepts")?.value, state.separators).length;
   const text = state.concepts.length && !state.error ? `${state.status} · ${chosen} chosen` : state.status;
   el.textContent = text;
   el.title = state.error ?? text;
