@@ -121,7 +121,7 @@ def erase_workflow(ckpt: str, sae: str, concepts: str, size: int, steps: int, no
     lat_n = g.node("EmptyLatentImage", (20, 180), (315, 110), [size, size, 1], outputs=[("LATENT", "LATENT")])
     sae_n = g.node("SAEmnesiaLoadSAE", (20, 350), (315, 80), [sae], outputs=[("SAE", "SAE"), ("info", "STRING")])
     erase_n = g.node("SAEmnesiaEraseConcepts", (360, 350), (400, 272),
-                     [concepts, mode, 1.0, 0.0, "both", 0.0, 1.0],
+                     [concepts, mode, 1.0, 0.0, "both", 0.0, 1.0, True],
                      inputs=[("model", "MODEL"), ("sae", "SAE")], outputs=[("MODEL", "MODEL")])
     ks = {}
     samplers = (("before", 790, ckpt_n, "KSampler (before)"), ("after", 1130, erase_n, "KSampler (after)"))
@@ -145,7 +145,7 @@ def erase_workflow(ckpt: str, sae: str, concepts: str, size: int, steps: int, no
                                  (sae_n, 0, erase_n, "sae")):
         g.link(src, slot, dst, name)
     if note:
-        g.node("Note", (20, 700), (740, 220), [note], **NOTE_COLORS)
+        g.node("Note", (20, 760), (740, 220), [note], **NOTE_COLORS)
     if inspect:
         ins = g.node("SAEmnesiaInspectNeuron", (1470, 20), (320, 560),
                      ["concept", inspect_concept, 0, max(0, steps - 1), steps, "normal", 0, "fixed"],
@@ -251,7 +251,7 @@ def _load_sae(g: UIGraph, y: int, name: str, kind: str):
 
 
 def _erase(g: UIGraph, pos, concepts: str, title: str, model, sae, width: int = 360):
-    return g.add("SAEmnesiaEraseConcepts", pos, (width, 272), [concepts, "auto", 1.0, 0.0, "both", 0.0, 1.0],
+    return g.add("SAEmnesiaEraseConcepts", pos, (width, 300), [concepts, "auto", 1.0, 0.0, "both", 0.0, 1.0, True],
                  title=title, links={"model": model, "sae": sae})
 
 
@@ -330,8 +330,8 @@ def erase_several_concepts_minicanvas() -> dict:
     loader, pos, neg, latent = _demo_base(g, [r[:2] for r in rows], 2)
     sae = _load_sae(g, 330, CONTEXT_SAE, "text states")
     erase_a = _erase(g, (MID, 480), "star, heart", "A: erase star + heart (one node)", (loader, 0), (sae, 0))
-    erase_b1 = _erase(g, (MID, 830), "star", "B1: erase star", (loader, 0), (sae, 0))
-    erase_b2 = _erase(g, (MID, 1180), "stripes", "B2: then erase stripes", (erase_b1, 0), (sae, 0))
+    erase_b1 = _erase(g, (MID, 870), "star", "B1: erase star", (loader, 0), (sae, 0))
+    erase_b2 = _erase(g, (MID, 1260), "stripes", "B2: then erase stripes", (erase_b1, 0), (sae, 0))
     g.note((LEFT, 500), (330, 690), ERASE_SEVERAL_NOTE)
     columns = [("Before", (loader, 0), "before", BEFORE_COLOR),
                ("After A (star, heart erased)", (erase_a, 0), "after_a", AFTER_COLOR),
@@ -402,8 +402,8 @@ def train_then_erase_minicanvas() -> dict:
                   title="Train SAE from Prompts (about 45 s on 2 CPU cores)",
                   links={"model": (loader, 0), "clip": (loader, 1), "latent": (latent, 0)})
     erase = _erase(g, (MID, 330), "star", "Erase Concepts: star", (loader, 0), (train, 0))
-    g.add("PreviewAny", (MID, 680), (360, 300), title="Training report", links={"source": (train, 1)})
-    g.note((MID, 1030), (360, 560), TRAIN_NOTE)
+    g.add("PreviewAny", (MID, 720), (360, 290), title="Training report", links={"source": (train, 1)})
+    g.note((MID, 1090), (360, 560), TRAIN_NOTE)
     for c, (title, model, tag) in enumerate((("Before", (loader, 0), "before"),
                                              ("After (star erased)", (erase, 0), "after"))):
         x = _column(g, c, title, (BEFORE_COLOR, AFTER_COLOR)[c])
