@@ -28,18 +28,24 @@ class ErasureTarget:
     # [L, d_in]: the anchor's mean state minus the concept's, where the index has both (else 0 rows,
     # and the anchor's decoder direction is used)
     shifts: torch.Tensor | None = None
+    shifted: torch.Tensor | None = None  # bool [L]: which rows of shifts are real (set once, not per step)
+
+    def __post_init__(self):
+        if self.shifts is not None and self.shifted is None:
+            self.shifted = self.shifts.abs().sum(1) > 0
 
     def to(self, device):
         return ErasureTarget(self.latents.to(device), self.threshold.to(device), self.concept_mean.to(device),
                              self.multiplier.to(device), None if self.anchors is None else self.anchors.to(device),
-                             None if self.shifts is None else self.shifts.to(device))
+                             None if self.shifts is None else self.shifts.to(device),
+                             None if self.shifted is None else self.shifted.to(device))
 
     def __len__(self):
         return int(self.latents.numel())
 
     def with_threshold(self, value: float) -> "ErasureTarget":
         return ErasureTarget(self.latents, torch.full_like(self.threshold, value), self.concept_mean, self.multiplier,
-                             self.anchors, self.shifts)
+                             self.anchors, self.shifts, self.shifted)
 
 
 def selected_activations(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +109,7 @@ def scale_neurons(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget, strength
     if target.anchors is None or not rows.numel() or not bool((target.anchors >= 0).any()):
         return out
     has = target.anchors >= 0
-    by_state = has & (target.shifts.abs().sum(1) > 0) if target.shifts is not None else torch.zeros_like(has)
+    by_state = has & target.shifted if target.shifted is not None else torch.zeros_like(has)
     by_decoder = has & ~by_state
     if by_decoder.any():
         gain = (acts[:, by_decoder] * strength).to(sae.W_dec.dtype)

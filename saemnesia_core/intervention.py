@@ -171,12 +171,13 @@ class ConceptEraser:
             raise SAEError(f"The concept index gives a non-finite threshold, mean or multiplier for "
                            f"{', '.join(self.concepts)}; rebuild the index or pass a finite multiplier.")
         anchor_ids = torch.tensor([anchors.get(i, -1) for i in ids], dtype=torch.long) if anchors else None
-        shift_rows = None
+        shift_rows = shifted = None
         if shifts:
             zero = torch.zeros(self.sae.d_in)
             shift_rows = torch.stack([shifts.get(i, zero).float() for i in ids])
+            shifted = torch.tensor([i in shifts for i in ids])
         return erasure.ErasureTarget(torch.tensor(ids, dtype=torch.long), vals[:, 0], vals[:, 1], vals[:, 2], anchor_ids,
-                                     shift_rows)
+                                     shift_rows, shifted)
 
     # --- device handling ----------------------------------------------------------------
     def place(self, device=None, dtype=None) -> TopKSAE:
