@@ -120,7 +120,7 @@ def erase_workflow(ckpt: str, sae: str, concepts: str, size: int, steps: int, no
                    inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")], title="negative")
     lat_n = g.node("EmptyLatentImage", (20, 180), (315, 110), [size, size, 1], outputs=[("LATENT", "LATENT")])
     sae_n = g.node("SAEmnesiaLoadSAE", (20, 350), (315, 80), [sae], outputs=[("SAE", "SAE"), ("info", "STRING")])
-    erase_n = g.node("SAEmnesiaEraseConcepts", (360, 350), (400, 272),
+    erase_n = g.node("SAEmnesiaEraseConcepts", (360, 350), (400, 296),
                      [concepts, mode, 1.0, 0.0, "both", 0.0, 1.0, True],
                      inputs=[("model", "MODEL"), ("sae", "SAE")], outputs=[("MODEL", "MODEL")])
     ks = {}
