@@ -13,7 +13,9 @@ from .concepts import check_concept_name
 from .errors import SAEError
 
 DEFAULT_TEMPLATES = ("a {object} in {style} style",)
-_LABEL_LINE = re.compile(r"^\s*(?:(object|style|concept)\s*/\s*)?([^:]{1,80}?)\s*:\s*(.+)$", re.IGNORECASE)
+_LABEL_LINE = re.compile(r"^\s*([^:]{1,400}?)\s*:\s*(.+)$")
+_LABEL = re.compile(r"^\s*(?:(object|style|concept)\s*/\s*)?(.{1,80}?)\s*$", re.IGNORECASE)
+UNSPECIFIED = "concept"  # a label without 'object/' or 'style/': its kind comes from elsewhere, if given
 
 
 @dataclass
@@ -70,24 +72,27 @@ def build_prompts(objects: list[str], styles: list[str], templates=DEFAULT_TEMPL
 
 
 def parse_labelled_lines(text: str) -> list[LabelledPrompt]:
-    """'label: prompt' per line ('style/label: prompt' or 'object/label: prompt' to set the
-    kind); a line without a label is an unlabelled prompt; '#' starts a comment."""
+    """'label: prompt' per line, or 'label, label: prompt' for a prompt that shows several
+    concepts ('circle, style/stripes: a striped ball'); 'style/' or 'object/' before a label sets
+    its kind. A line without a label is an unlabelled prompt; '#' starts a comment."""
     out = []
     for raw in (text or "").splitlines():
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
         m = _LABEL_LINE.match(line)
-        if m and m.group(3).strip():
-            kind = (m.group(1) or "concept").lower()
-            out.append(LabelledPrompt(m.group(3).strip(), {m.group(2).strip(): kind}))
+        labels = [_LABEL.match(part) for part in split_list(m.group(1))] if m else []
+        if labels and all(labels):
+            out.append(LabelledPrompt(m.group(2).strip(), {lab.group(2): (lab.group(1) or UNSPECIFIED).lower()
+                                                           for lab in labels}))
         else:
             out.append(LabelledPrompt(line, {}))
     return out
 
 
 def concept_kinds(prompts: list[LabelledPrompt]) -> dict[str, str]:
-    """All concepts named by the prompts, in first-seen order."""
+    """All concepts named by the prompts, in first-seen order. A label given without a kind takes
+    the kind the name has elsewhere ('circle: a round ball' next to circle in the objects list)."""
     kinds: dict[str, str] = {}
     spelled: dict[str, str] = {}  # lower case -> first spelling (names are looked up without case)
     for p in prompts:
@@ -98,9 +103,18 @@ def concept_kinds(prompts: list[LabelledPrompt]) -> dict[str, str]:
                 if first != name:
                     raise SAEError(f"'{first}' and '{name}' differ only in case, and concept names are matched "
                                    "without case; spell them the same way.")
-            if kinds.setdefault(name, kind) != kind:
+                kinds[name] = kind
+            elif kind != UNSPECIFIED and kinds[name] == UNSPECIFIED:
+                kinds[name] = kind
+            elif kind not in (UNSPECIFIED, kinds[name]):
                 raise SAEError(f"'{name}' is labelled both {kinds[name]} and {kind}; give it one kind.")
     return kinds
+
+
+def resolve_kinds(prompts: list[LabelledPrompt]) -> list[LabelledPrompt]:
+    """The prompts with every label carrying its concept's one kind (see concept_kinds)."""
+    kinds = concept_kinds(prompts)
+    return [LabelledPrompt(p.text, {n: kinds[n] for n in p.labels}) for p in prompts]
 
 
 def assemble_prompts(objects: str, styles: str, templates: str, labelled_lines: str) -> list[LabelledPrompt]:
@@ -113,8 +127,7 @@ def assemble_prompts(objects: str, styles: str, templates: str, labelled_lines: 
     if not prompts:
         raise SAEError("The prompt list is empty. Give objects and/or styles (with a template such as "
                        "'a {object} in {style} style'), or 'label: prompt' lines.")
-    concept_kinds(prompts)  # bad or conflicting names fail here, before any sampling
-    return prompts
+    return resolve_kinds(prompts)  # bad or conflicting names fail here, before any sampling
 
 
 def planned_concepts(objects: str, styles: str, templates: str, labelled_lines: str) -> list[tuple[str, str]]:
@@ -129,5 +142,6 @@ def planned_concepts(objects: str, styles: str, templates: str, labelled_lines: 
                 kinds.setdefault(name, kind)
     for p in parse_labelled_lines(labelled_lines):
         for name, kind in p.labels.items():
-            kinds.setdefault(name, kind)
+            if kinds.setdefault(name, kind) == UNSPECIFIED:
+                kinds[name] = kind
     return list(kinds.items())

@@ -41,3 +41,18 @@ def test_planned_concepts_read_the_train_boxes_as_training_does():
     assert planned_concepts("cat", "ink", "a photo of a {object}", "") == [("cat", "object")]  # no {style}
     assert planned_concepts("cat", "ink", "", "") == [("cat", "object"), ("ink", "style")]  # the default template
     assert planned_concepts("<b>x</b>", "", "", "") == [("<b>x</b>", "object")]  # shown escaped, refused at training
+
+
+def test_a_labelled_line_may_name_several_concepts_and_borrow_their_kinds():
+    """A reworded prompt shows an object and a style at once: both are labelled, and a label
+    without 'object/' or 'style/' takes the kind its name has in the objects or styles list."""
+    ps = assemble_prompts("circle", "stripes", "a {object} in {style} style",
+                          "circle, style/stripes: a striped round ball\nstripes: banded pattern\nobject/ring: a ring")
+    assert [(p.text, p.labels) for p in ps[1:]] == [
+        ("a striped round ball", {"circle": "object", "stripes": "style"}),
+        ("banded pattern", {"stripes": "style"}), ("a ring", {"ring": "object"})]
+    assert planned_concepts("circle", "", "a {object}", "circle, dots: x") == [("circle", "object"), ("dots", "concept")]
+    with pytest.raises(SAEError, match="both"):
+        assemble_prompts("circle", "", "a {object}", "style/circle: a striped ball")
+    # a kind given later settles a label first seen without one
+    assert concept_kinds(parse_labelled_lines("ink: a\nstyle/ink: b")) == {"ink": "style"}
