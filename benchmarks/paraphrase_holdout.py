@@ -20,6 +20,7 @@ sys.path.insert(0, REPO)
 
 from saemnesia_core import load_sae  # noqa: E402
 from saemnesia_core.fileio import save_json_atomic  # noqa: E402
+from saemnesia_core.intervention import erasers_for_set  # noqa: E402
 from saemnesia_demo import bench as B  # noqa: E402
 from saemnesia_demo import data  # noqa: E402
 
@@ -44,7 +45,7 @@ def main(argv=None):
     bench = B.Bench(threads=args.threads)
     sae = load_sae(args.sae)
     words = lambda o, s, seed: holdout_wording(data.OBJECTS[o], data.STYLES[s], o + s)  # noqa: E731
-    plans = {"none": lambda ts: {}, "saemnesia_context": lambda ts: {"edits": B.erasers_for(sae, ts, mode="neuron")}}
+    plans = {"none": lambda ts: {}, "saemnesia_context": lambda ts: {"edits": erasers_for_set(sae, ts, mode="neuron")}}
     targets = list(data.OBJECTS) + list(data.STYLES)
     drawn, results = {}, {}
     for name, plan in plans.items():

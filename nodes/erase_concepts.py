@@ -1,7 +1,7 @@
 from comfy_api.latest import io
 
-from saemnesia_core import ConceptEraser, SAEError, split_list
-from saemnesia_core.intervention import check_window, finite, window_problem
+from saemnesia_core import SAEError, split_list
+from saemnesia_core.intervention import check_window, eraser_for, finite, window_problem
 
 from . import model_patch
 from .sae_type import ALIASES, CATEGORY, PREFIX, SAE, schema
@@ -72,10 +72,9 @@ class EraseConcepts(io.ComfyNode):
         if not names:
             return io.NodeOutput(model)  # nothing to erase: pass the model through unchanged
         # an SAE set erases at every block it covers; each block has its own latents for the names
-        def eraser_for(member):
-            return ConceptEraser(member.sae, member.index, names, mode=mode, strength=strength,
-                                 multiplier=multiplier)
-        patched = model_patch.erase_patch(model, sae, eraser_for, apply_to == "cond only", start_percent, end_percent)
+        def make_eraser(member):
+            return eraser_for(member, names, mode=mode, strength=strength, multiplier=multiplier)
+        patched = model_patch.erase_patch(model, sae, make_eraser, apply_to == "cond only", start_percent, end_percent)
         return io.NodeOutput(patched)
 
 

@@ -374,7 +374,18 @@ def assign_anchors(index: ConceptIndex, W_dec: torch.Tensor) -> ConceptIndex:
             if members[i].anchor is None and j not in used:
                 members[i].anchor = members[j].name
                 used.add(j)
-        for i, c in enumerate(members):  # every other concept already anchors one: the nearest after all
+        for c in members:  # every other concept already anchors one: the nearest after all
             if c.anchor is None:
-                c.anchor = members[int(sim[i].index_fill(0, torch.tensor([i]), -2.0).argmax())].name
+                c.anchor = nearest_concept(index, c, W_dec, exclude={c.name})
     return index
+
+
+def nearest_concept(index: ConceptIndex, concept: "Concept", W_dec: torch.Tensor, exclude: set[str]) -> str | None:
+    """The concept of the same kind, with a latent and not in exclude, whose decoder direction
+    is most alike; None when there is none."""
+    others = [c for c in index.concepts.values()
+              if c.kind == concept.kind and c.latent is not None and c.name not in exclude]
+    if not others or concept.latent is None:
+        return None
+    d = torch.nn.functional.normalize(W_dec[[concept.latent] + [c.latent for c in others]].float(), dim=1)
+    return others[int((d[1:] @ d[0]).argmax())].name

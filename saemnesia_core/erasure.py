@@ -94,13 +94,20 @@ def ablate(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget, strength: float
 ANCHOR_SHARE_MAX = 2.0
 
 
-def scale_neurons(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget, strength: float = 1.0) -> torch.Tensor:
+def scale_neurons(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget, strength: float = 1.0,
+                  positions_per_map: int | None = None) -> torch.Tensor:
     """SAEmnesia: the concept's own latent, wherever it is active, times the multiplier.
 
     With an anchor, the token also moves towards the anchor concept, by as much as the concept
     is present there: by the difference of the two concepts' mean states where the index has
     them (a move between states the model itself produces, so the picture stays in distribution),
-    else by the anchor latent's decoder direction (z_anchor += z_concept)."""
+    else by the anchor latent's decoder direction (z_anchor += z_concept).
+
+    positions_per_map: x holds maps of this many consecutive rows (a prompt's tokens), and the
+    move to the anchor's state is judged per map, by its strongest row, and made at every row.
+    A prompt names its concept once, but a text encoder spreads it over all tokens: in a wording
+    the SAE was not trained on, the latent fires strongly on the concept's word and weakly
+    elsewhere, while the model reads the concept from every token."""
     if len(target) == 0 or strength == 0:
         return x
     rows, acts = selected_activations(x, sae, target.with_threshold(0.0))
@@ -117,7 +124,14 @@ def scale_neurons(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget, strength
     if by_state.any():
         mean = target.concept_mean[by_state].to(acts.dtype).clamp_min(1e-6).view(1, -1)
         share = (acts[:, by_state] / mean).clamp(0, ANCHOR_SHARE_MAX) * strength
-        out[rows] += (share @ target.shifts[by_state].to(share.dtype)).to(x.dtype)
+        shifts = target.shifts[by_state].to(share.dtype)
+        if positions_per_map:
+            per_row = share.new_zeros(x.shape[0], share.shape[1])
+            per_row[rows] = share
+            per_map = per_row.view(-1, positions_per_map, share.shape[1]).amax(1, keepdim=True)
+            out += (per_map @ shifts).to(x.dtype).expand(-1, positions_per_map, -1).reshape(x.shape)
+        else:
+            out[rows] += (share @ shifts).to(x.dtype)
     return out
 
 

@@ -13,7 +13,8 @@ import re
 import torch
 
 from . import erasure
-from .concepts import MODES, Concept, ConceptIndex
+from .checkpoint import CONTEXT
+from .concepts import MODES, Concept, ConceptIndex, nearest_concept
 from .errors import SAEError
 from .sae import TopKSAE
 
@@ -104,7 +105,9 @@ class ConceptEraser:
 
     def __init__(self, sae: TopKSAE, index: ConceptIndex, concepts: list[str], mode: str = "auto",
                  strength: float = 1.0, multiplier: float | None = None, seed: int = 0,
-                 detect_scale: float | None = None):
+                 detect_scale: float | None = None, per_prompt: bool = False):
+        """per_prompt: the edited maps are prompts' text states, whose tokens all carry the prompt's
+        concepts; the anchor move is judged per prompt (see erasure.scale_neurons)."""
         if mode == "auto":
             mode = index.default_mode
         if mode not in MODES:
@@ -117,7 +120,7 @@ class ConceptEraser:
         if detect_scale is not None:
             detect_scale = finite(detect_scale, "detect_scale", "give 0 or more.")
         self.sae = sae
-        self.mode, self.strength, self.seed = mode, strength, int(seed)
+        self.mode, self.strength, self.seed, self.per_prompt = mode, strength, int(seed), bool(per_prompt)
         self.concepts = list(concepts)
         n_buckets = max(1, len(index.timesteps))
         self.index = index
@@ -148,6 +151,10 @@ class ConceptEraser:
                 mean = sel.concept_mean[0] if sel else 1.0
                 chosen.setdefault(c.latent, (thr, mean, m))
                 a = c.anchor if anchor is ... else anchor
+                if anchor is ... and a in erased:
+                    # the SAE's anchor is erased too (circle and square, each the other's anchor):
+                    # hand over to the nearest concept that stays, not to nothing
+                    a = nearest_concept(index, c, self.sae.W_dec, exclude=erased)
                 if a:
                     ac = index.get(a)
                     if ac.latent is None or ac.name == c.name:
@@ -230,9 +237,11 @@ class ConceptEraser:
             gen = torch.Generator().manual_seed(self.seed * 1000003 + bucket)
             edited = erasure.replace(x, sae, target, self.strength, gen)
         else:
-            fn = erasure.ablate if self.mode == "ablate" else erasure.scale_neurons
             flat = x.reshape(-1, c)
-            out = fn(flat, sae, target, self.strength)
+            if self.mode == "ablate":
+                out = erasure.ablate(flat, sae, target, self.strength)
+            else:
+                out = erasure.scale_neurons(flat, sae, target, self.strength, x.shape[1] if self.per_prompt else None)
             edited = x if out is flat else out.view_as(x)
         if edited is x:
             return h  # the concept is nowhere in this map: hand back the block output untouched
@@ -250,3 +259,14 @@ def _memory_format(h):
 def _copy_sae(sae: TopKSAE, device, dtype) -> TopKSAE:
     ts = [getattr(sae, n).detach().to(device=device, dtype=dtype) for n in ("W_enc", "b_enc", "W_dec", "b_dec")]
     return TopKSAE.from_tensors(*ts, k=sae.k).set_reserved(sae.reserved.tolist())
+
+
+def eraser_for(member, names: list[str], **eraser) -> ConceptEraser:
+    """The eraser for one SAE of a loaded file (an SAE on the text states judges the anchor move
+    per prompt)."""
+    return ConceptEraser(member.sae, member.index, names, per_prompt=member.info.hook_point == CONTEXT, **eraser)
+
+
+def erasers_for_set(loaded, names: list[str], **eraser) -> list[tuple[str, ConceptEraser]]:
+    """(hook point, eraser) for every SAE of a loaded file: a set erases at each of its blocks."""
+    return [(m.info.hook_point, eraser_for(m, names, **eraser)) for m in loaded.blocks]

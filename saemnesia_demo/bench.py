@@ -30,7 +30,7 @@ from saemnesia_core.activations import ActivationWriter
 from saemnesia_core.checkpoint import CONTEXT, save_sae_set
 from saemnesia_core.concepts import select_unsupervised
 from saemnesia_core.fileio import save_json_atomic
-from saemnesia_core.intervention import ConceptEraser
+from saemnesia_core.intervention import ConceptEraser, erasers_for_set
 from saemnesia_core.prompts import build_prompts
 from saemnesia_core.training import concept_statistics
 
@@ -272,13 +272,13 @@ class Methods:
         edits = []
         for kind in dict.fromkeys(kind_of(t) for t in targets):
             names = [t for t in targets if kind_of(t) == kind]
-            edits += erasers_for(self.saes[kind]["saemnesia"], names, mode=mode)
+            edits += erasers_for_set(self.saes[kind]["saemnesia"], names, mode=mode)
         return edits
 
     def context(self, targets):
         """SAEmnesia on the text states: the concepts' latents (handed to their anchors) in what
         every cross-attention reads, with the SAE's calibrated multiplier."""
-        return erasers_for(self.context_sae, list(targets), mode="neuron")
+        return erasers_for_set(self.context_sae, list(targets), mode="neuron")
 
     def per(self, targets):
         return self.saemnesia(targets, mode="replace")
@@ -337,11 +337,6 @@ def grid_search_saeuron(bench: Bench, methods: Methods, targets, seeds, log, tau
             "chosen": {t: {"tau": c["tau"], "gamma": c["gamma"]} for t, c in methods.saeuron_choice.items()}}
 
 
-def erasers_for(loaded, names, **eraser) -> list:
-    """(hook point, ConceptEraser) for every SAE of a file (a set erases at each of its blocks)."""
-    return [(m.info.hook_point, ConceptEraser(m.sae, m.index, names, **eraser)) for m in loaded.blocks]
-
-
 def is_context_sae(loaded) -> bool:
     return any(m.info.hook_point == CONTEXT for m in loaded.blocks)
 
@@ -350,7 +345,7 @@ def _validation_score(bench: Bench, loaded, kinds, seeds, **eraser) -> float:
     names = [t for k in kinds for t in (data.OBJECTS if k == "objects" else data.STYLES)]
     scores = []
     for t in names:
-        scores.append(bench.answer_set(seeds, pairs=validation_pairs(t), edits=erasers_for(loaded, [t], **eraser))
+        scores.append(bench.answer_set(seeds, pairs=validation_pairs(t), edits=erasers_for_set(loaded, [t], **eraser))
                       .metrics([t])["avg"])
     return round(sum(scores) / len(scores), 2)
 

@@ -131,9 +131,16 @@ def test_eraser_uses_the_index_anchor_unless_the_spec_names_another_or_none():
     assert ConceptEraser(sae, idx, ["star"], mode="neuron").targets[0].anchors.tolist() == [2]
     assert ConceptEraser(sae, idx, ["star -> heart"], mode="neuron").targets[0].anchors.tolist() == [3]
     assert ConceptEraser(sae, idx, ["star ->"], mode="neuron").targets[0].anchors is None
-    # erasing the anchor too: never hand one erased concept's activation to another
+    # erasing the anchor too: never hand one erased concept's activation to another, but to the
+    # concept that stays (heart, the only one left)
+    idx.get("cross").anchor = "star"
     both = ConceptEraser(sae, idx, ["star", "cross"], mode="neuron").targets[0]
-    assert both.anchors is None or (both.anchors == -1).all()
+    assert dict(zip(both.latents.tolist(), both.anchors.tolist())) == {1: 3, 2: 3}
+    everything = ConceptEraser(sae, idx, ["star", "cross", "heart"], mode="neuron").targets[0]
+    assert everything.anchors is None or (everything.anchors == -1).all()
+    # an anchor the user names is taken as named, erased or not: no silent substitute
+    named = ConceptEraser(sae, idx, ["star -> heart", "heart"], mode="neuron").targets[0]
+    assert named.anchors is None or (named.anchors == -1).all()
     with pytest.raises(SAEError, match="anchor"):
         ConceptEraser(sae, idx, ["star -> star"], mode="neuron")
     assert split_anchor(" star  ->  heart ") == ("star", "heart") and split_anchor("star") == ("star", ...)
@@ -171,6 +178,41 @@ def test_anchor_with_mean_states_moves_tokens_by_the_difference_of_states_as_muc
     assert torch.allclose(out, expected.detach(), atol=1e-4)
     assert torch.equal(out[-1], x[-1])  # no star there: untouched, no shift
     assert share.max() == 2.0 and share.min() == 0  # both ends of the cap are exercised
+
+
+def test_text_states_move_to_the_anchor_as_a_whole_prompt_by_its_strongest_token():
+    """In a wording the SAE never saw, the latent fires on the concept's word, weakly elsewhere;
+    the model reads the concept from every token, so every token of that prompt moves, by the
+    strongest token's share. A prompt without the concept moves nowhere."""
+    sae = make_sae(d=16, n=64, k=4, seed=3)
+    star, circle = 7, 9
+    sae.set_reserved([star, circle])
+    torch.manual_seed(0)
+    direction = sae.W_enc[star].detach() / sae.W_enc[star].detach().norm()
+    with_star = torch.randn(4, 16) * 0.05 + torch.tensor([0.0, 8.0, 0.0, 0.0]).view(-1, 1) * direction  # one strong token
+    without = torch.randn(4, 16) * 0.05 - 4 * direction
+    x = torch.cat([with_star, without])
+    acts = torch.nn.functional.relu(sae.pre_logits(x))[:, star].detach()
+    assert acts[1] > 0 and (acts[4:] == 0).all()
+    mean = float(acts[1]) / 1.5
+    shift = torch.randn(16)
+    t = ErasureTarget(torch.tensor([star]), torch.zeros(1), torch.tensor([mean]), torch.zeros(1),
+                      torch.tensor([circle]), shift.view(1, -1))
+    out = scale_neurons(x, sae, t, positions_per_map=4)
+    removed = x - acts[:, None] * sae.W_dec[star]
+    assert torch.allclose(out[:4], (removed[:4] + 1.5 * shift).detach(), atol=1e-4)  # every token, by 1.5
+    assert torch.equal(out[4:], x[4:])
+    # per token (a block's positions), the silent tokens of the same prompt would not move
+    per_token = scale_neurons(x, sae, t)
+    assert torch.allclose(per_token[0], removed[0].detach() + (acts[0] / mean).clamp(0, 2) * shift, atol=1e-4)
+    # the eraser judges per prompt only for an SAE on the text states
+    idx = supervised_index({"star": "object", "circle": "object"}, {"star": star, "circle": circle})
+    idx.get("star").anchor = "circle"
+    idx.get("star").state, idx.get("circle").state = torch.zeros(1, 16), shift.view(1, -1)
+    ctx = ConceptEraser(sae, idx, ["star"], mode="neuron", multiplier=0.0, per_prompt=True)(x.view(2, 4, 16), 0.0)
+    share = float(acts[:4].max().clamp(0, 2))  # an index without selections: the concept's mean is 1
+    assert torch.allclose(ctx.reshape(8, 16)[:4], (removed[:4] + share * shift).detach(), atol=1e-4)
+    assert torch.equal(ctx.reshape(8, 16)[4:], x[4:])
 
 
 def test_eraser_builds_the_anchor_shift_from_the_index_states_per_timestep_bucket():
