@@ -232,6 +232,8 @@ def plan_run(model, latent, name, objects, styles, templates, labelled_prompts, 
     collect_settings = {"prompts": [[p.text, p.labels] for p in prompts], "hook": ",".join(hooks), "steps": steps,
                         "cfg": cfg, "sampler": sampler_name, "scheduler": scheduler, "seeds": seeds_per_prompt,
                         "seed": seed, "noise": "one batch per prompt", "shape": list(samples.shape)}
+    if CONTEXT in hooks:
+        collect_settings["empty_prompt_copies"] = empty_prompt_copies(len(prompts))
     cfg_train = TrainConfig(expansion=expansion, k=k, steps=train_steps, batch_size=batch_size, lr=learning_rate,
                             supervised=supervised, seed=seed % (2 ** 31), checkpoint_every=max(20, train_steps // 20))
     runs = os.path.join(folder_paths.get_output_directory(), "saemnesia_runs")
@@ -326,10 +328,19 @@ def _collect(model, clip, prompts, widths: dict[str, int], samples, settings, ru
             check_interrupt()
         on_prompt(pid + 1)
     if CONTEXT in writers:
-        writers[CONTEXT].add(_text_states(empty), 0.0, len(prompts))
+        # The eraser edits the unconditional half too: the empty prompt is half of what it sees at
+        # every step. Given once among hundreds of prompts, it weighed nothing in training, and
+        # concept latents fired on it (dots at 1.3x its mean), moving every picture's baseline.
+        for _ in range(settings["empty_prompt_copies"]):
+            writers[CONTEXT].add(_text_states(empty), 0.0, len(prompts))
     stores = {h: w.close() for h, w in writers.items()}
     save_json_atomic(settings, stamp)
     return stores
+
+
+def empty_prompt_copies(n_prompts: int) -> int:
+    """How many times the text SAE sees the empty prompt's states: one in nine of its prompts."""
+    return max(1, n_prompts // 8)
 
 
 def _member_dir(run_dir: str, part: str, hook: str, hooks: list[str]) -> str:
