@@ -26,12 +26,14 @@ test: setup browser-deps lint
 test-fast: setup lint
 	$(PY) -m pytest -q -m "not comfy and not e2e and not slow"
 
-# Speed benchmarks (numbers go to benchmarks/results/*.json).
+# Speed and quality benchmarks (numbers go to benchmarks/results/*.json; tables into README).
 bench: setup
 	$(PY) -m pip install -q -r requirements-bench.txt -c constraints.txt
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/training_throughput.py
 	HF_HUB_OFFLINE=1 $(PY) -m saemnesia_demo.bench --workers 2
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/paraphrase_holdout.py --threads 2
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/paraphrase_holdout.py --wordings fresh --threads 2
 	$(PY) benchmarks/tables.py
 
 clean:

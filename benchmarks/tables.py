@@ -107,6 +107,28 @@ def _v(x):
     return "-" if x is None else str(x)
 
 
+def _paraphrase_rows(results: dict) -> list[str]:
+    """Rows of drawn-and-removed UA, IRA, CRA and their mean per method, objects then styles."""
+    rows = ["| method | objects UA (drawn) | IRA | CRA | **avg** | styles UA (drawn) | IRA | CRA | **avg** |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for k, v in results.items():
+        cells = []
+        for kind in ("objects", "styles"):
+            m = v["summary"].get(kind, {})
+            ua_drawn = m.get("UA_drawn", "-")
+            avg = round((ua_drawn + m["IRA"] + m["CRA"]) / 3, 2) if isinstance(ua_drawn, (int, float)) else "-"
+            cells += [f"{_v(ua_drawn)} (of {m.get('drawn', '-')})", _v(m.get("IRA")), _v(m.get("CRA")), f"**{avg}**"]
+        rows.append(f"| {NAMES.get(k, k)} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def held_out(d):
+    run = d["run"]
+    return (f"Wordings such as {'; '.join(repr(e) for e in d['examples'])} (seed {', '.join(map(str, d['seeds']))}, the "
+            f"validation pairs of every concept; `{d['sae']}`; {run['images']} images in {run['seconds']:.0f} s, "
+            f"{run['date']}):\n\n" + "\n".join(_paraphrase_rows(d["results"])))
+
+
 def minicanvas(d):
     s = d["settings"]
     rows = ["| method | objects UA | IRA | CRA | **avg** | styles UA | IRA | CRA | **avg** | artifacts |",
@@ -130,16 +152,7 @@ def minicanvas(d):
         seq.append(f"| {i + 1} | " + " | ".join(f"{_v(v[i]['UA'])} / {_v(v[i]['IRA'])} / {_v(v[i]['CRA'])}"
                                                  for v in d["sequential"]["results"].values()) + " |")
     if "results" in d["paraphrases"]:
-        par = ["| method | objects UA (drawn) | IRA | CRA | **avg** | styles UA (drawn) | IRA | CRA | **avg** |",
-               "|---|---|---|---|---|---|---|---|---|"]
-        for k, v in d["paraphrases"]["results"].items():
-            cells = []
-            for kind in ("objects", "styles"):
-                m = v["summary"].get(kind, {})
-                ua_drawn = m.get("UA_drawn", "-")
-                avg = round((ua_drawn + m["IRA"] + m["CRA"]) / 3, 2) if isinstance(ua_drawn, (int, float)) else "-"
-                cells += [f"{_v(ua_drawn)} (of {m.get('drawn', '-')})", _v(m.get("IRA")), _v(m.get("CRA")), f"**{avg}**"]
-            par.append(f"| {NAMES.get(k, k)} | " + " | ".join(cells) + " |")
+        par = _paraphrase_rows(d["paraphrases"]["results"])
         para_text = ("UA over the target's reworded pictures whose unedited twin shows the target (how many in "
                      "brackets); IRA/CRA on the reworded prompts; avg of the three")
     else:
@@ -207,7 +220,8 @@ def _fill(path, jobs):
 
 
 def main():
-    _fill(os.path.join(REPO, "README.md"), (("overhead", overhead), ("training", training), ("minicanvas", minicanvas)))
+    _fill(os.path.join(REPO, "README.md"), (("overhead", overhead), ("training", training), ("minicanvas", minicanvas),
+                                            ("paraphrase_holdout", held_out), ("paraphrase_fresh", held_out)))
     _fill(os.path.join(REPO, "docs", "minicanvas.md"), (("ceilings", ceilings),))
 
 

@@ -40,14 +40,54 @@ SPECS = {  # name: (hook point(s), supervised)
     # objects and styles alike (see docs/minicanvas.md, "Where concepts live")
     "minicanvas_context_saemnesia": ("context", True),
 }
+# Other words for each concept, for the text SAE. The demo model's text encoder (MiniLM) gives a
+# word and its synonyms nearby states, but a latent trained on one word per concept learns that
+# word: on "round shape" the circle latent stayed silent. Trained on many wordings, it learns the
+# concept. None of these words, and none of the carrier sentences below, is used by the
+# benchmark's paraphrase test (saemnesia_demo/bench.py, PARAPHRASE_*) or by the held-out test
+# (benchmarks/paraphrase_holdout.py, HOLDOUT_* and FRESH_*); tests/test_minicanvas_bench.py checks that.
+SYNONYMS = {
+    "circle": ["ring", "oval", "orb", "ball", "sphere", "hoop", "wheel", "coin", "circular form", "loop"],
+    "square": ["cube", "quadrilateral", "rectangle", "tile", "crate", "brick", "squared form", "panel"],
+    "triangle": ["wedge", "cone", "delta", "arrowhead", "triangular form", "prism", "tri-angle"],
+    "cross": ["crucifix", "cruciform", "crossed bars", "addition mark", "intersection", "swiss cross"],
+    "star": ["starfish", "pentagram", "stellar form", "twinkle", "sheriff badge", "asterisk"],
+    "heart": ["valentine", "cardioid", "heart emblem", "romance emblem", "sweetheart"],
+    "solid": ["uniform hue", "monochrome", "single hue", "opaque", "unpatterned", "one tone", "painted"],
+    "stripes": ["banded", "bands", "zebra", "pinstriped", "barred"],
+    "dots": ["spotted", "spots", "speckled", "freckled", "confetti", "pointillist"],
+    "checker": ["checked", "chessboard", "gingham", "harlequin", "draughtboard"],
+    "outline": ["contour", "hollow", "wireframe", "sketch", "stroked", "edges only", "unfilled"],
+    "gradient": ["ombre", "fade", "blended", "rainbow fade", "two-tone blend", "shaded"],
+}
+CARRIERS = ["a {o} in {s} style", "a graphic of a {o} with {s}", "{o}, {s}", "a {s} {o} icon",
+            "the {o}, rendered {s}", "{o} in {s}", "an image of a {o}, {s} finish", "{s} style {o}"]
+
+
+def synonym_lines(per_pair: int = 4, seed: int = 0) -> str:
+    """'object, style: prompt' lines: every object x style pair in per_pair wordings, each mixing a
+    synonym or the name of the object with one of the style, in a carrier sentence (seeded)."""
+    import random
+
+    from saemnesia_core.prompts import split_list
+    rng = random.Random(seed)
+    lines = []
+    for obj in split_list(OBJECTS):
+        for style in split_list(STYLES):
+            for _ in range(per_pair):
+                o = rng.choice([obj] + SYNONYMS[obj])
+                s = rng.choice([style] + SYNONYMS[style])
+                lines.append(f"{obj}, {style}: " + rng.choice(CARRIERS).format(o=o, s=s))
+    return "\n".join(lines)
+
+
 # Per-file settings over NODE_SETTINGS. The text SAE sees each prompt once (no sampling), so it
-# gets several wordings of the labelled prompts; none is a wording the benchmark's paraphrase
-# test uses ("{style} {object}" with synonyms, "a picture of a ..., ... style", "... style, a ...").
+# gets several wordings of the labelled prompts, and the synonyms above.
 OVERRIDES = {
     "minicanvas_context_saemnesia": dict(
         templates="\n".join(["a {object} in {style} style", "a {style} style {object}", "{object}, {style}",
                              "an image of a {object} in {style} style", "a {object} drawn in {style} style"]),
-        expansion=4, k=16, train_steps=1500, batch_size=512),
+        labelled_prompts=synonym_lines(), expansion=4, k=16, train_steps=1500, batch_size=512),
 }
 NODE_SETTINGS = dict(templates="a {object} in {style} style", labelled_prompts="", steps=25, cfg=4.0,
                      sampler_name="ddim", scheduler="ddim_uniform", seeds_per_prompt=3, seed=1000, expansion=8, k=16,

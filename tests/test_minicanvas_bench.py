@@ -143,3 +143,31 @@ def test_denoising_error_flags_colour_blotches_but_not_a_moved_shape():
     assert (denoising_error(eps, blotched, uncond) > base + DENOISE_MARGIN).all()
     assert ((denoising_error(eps, torch.roll(clean, 2, dims=3), uncond) - base).abs() < DENOISE_MARGIN / 3).all()
     assert not (noise_level(blotched) > noise_level(clean) + NOISE_MARGIN).all()  # why the second measure exists
+
+
+def test_the_text_sae_never_trains_on_a_word_the_paraphrase_tests_use():
+    """The paraphrase tests measure wordings the SAE has not seen: the synonyms and carrier
+    sentences it is trained on share no word with them, besides the concepts' own names."""
+    import re
+    import sys
+    sys.path.insert(0, "scripts")
+    sys.path.insert(0, "benchmarks")
+    import paraphrase_holdout as holdout
+    import train_demo_saes as recipe
+
+    from saemnesia_demo import bench
+
+    def words(texts):
+        return {w for t in texts for w in re.findall(r"[a-z]+", t.lower().replace("{", " {"))}
+    shared = {"a", "an", "the", "in", "of", "on", "with", "style", "o", "s", "obj"} | set(data.OBJECTS) | set(data.STYLES)
+    trained = words([w for ws in recipe.SYNONYMS.values() for w in ws] + recipe.CARRIERS)
+    tested = [*bench.PARAPHRASE_OBJECTS.values(), *bench.PARAPHRASE_STYLES.values(),
+              *holdout.HOLDOUT_OBJECTS.values(), *holdout.HOLDOUT_STYLES.values(),
+              *holdout.FRESH_OBJECTS.values(), *holdout.FRESH_STYLES.values(),
+              *(bench.paraphrase("star", "stripes", i) for i in range(3)),
+              *(wording("star", "stripes", i) for wording in holdout.WORDINGS.values() for i in range(4))]
+    assert not (trained & words(tested)) - shared, (trained & words(tested)) - shared
+    lines = recipe.synonym_lines().splitlines()
+    pairs = {tuple(n.strip() for n in line.split(":", 1)[0].split(",")) for line in lines}
+    assert pairs == {(o, s) for o in data.OBJECTS for s in data.STYLES}  # every pair
+    assert len(set(lines)) > 0.9 * len(lines)  # in different wordings
