@@ -87,7 +87,8 @@ class TrainSAEFromPrompts(io.ComfyNode):
                                 tooltip="Prompt templates, one per line; {object} and {style} are filled in (every object x every style)."),
                 io.String.Input("labelled_prompts", default="", multiline=True,
                                 placeholder="labelled prompts:\ncat: a cat on a sofa\nstyle/ink: a house, ink drawing",
-                                tooltip="'label: prompt' lines (prefix 'object/' or 'style/' to set the kind); "
+                                tooltip="'label: prompt' lines (prefix 'object/' or 'style/' to set the kind; several "
+                                        "labels, comma separated: 'circle, stripes: a striped ball'); "
                                         "lines without a label are unlabelled prompts."),
                 io.String.Input("hook_point", default="auto", tooltip="Where the SAE reads: a transformer block, e.g. "
                                 "output_blocks.4.1 (SD1.x objects) or output_blocks.5.1 (styles); 'context' = the text "
