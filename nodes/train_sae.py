@@ -332,8 +332,9 @@ def _collect(model, clip, prompts, widths: dict[str, int], samples, settings, ru
         # The eraser edits the unconditional half too: the empty prompt is half of what it sees at
         # every step. Given once among hundreds of prompts, it weighed nothing in training, and
         # concept latents fired on it (dots at 1.3x its mean), moving every picture's baseline.
+        empty_states = _text_states(empty)
         for _ in range(settings["empty_prompt_copies"]):
-            writers[CONTEXT].add(_text_states(empty), 0.0, len(prompts))
+            writers[CONTEXT].add(empty_states, 0.0, len(prompts))
     stores = {h: w.close() for h, w in writers.items()}
     save_json_atomic(settings, stamp)
     return stores

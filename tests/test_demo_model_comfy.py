@@ -209,7 +209,8 @@ def test_train_a_set_from_one_collection_and_erase_with_it(demo, tmp_path, monke
     with torch.inference_mode():  # as ComfyUI runs a prompt
         out = TrainSAEFromPrompts.execute(
             model=demo["model"], clip=demo["clip"], latent={"samples": torch.zeros(1, 3, 32, 32)}, name="pair",
-            objects="circle, heart", styles="stripes, dots", templates="a {object} in {style} style\n{object}, {style}",
+            objects="circle, heart", styles="stripes, dots",
+            templates="a {object} in {style} style\n{object}, {style}\n{style} {object}\na {style} style {object}",
             labelled_prompts="", hook_point="context, output_blocks.3.1", steps=2, cfg=4.0, sampler_name="ddim",
             scheduler="ddim_uniform", seeds_per_prompt=1, seed=0, expansion=2, k=8, train_steps=30, batch_size=64,
             learning_rate=1e-3, supervised=True, overwrite=False)
@@ -220,8 +221,9 @@ def test_train_a_set_from_one_collection_and_erase_with_it(demo, tmp_path, monke
     ctx = on_disk.blocks[0]
     assert ctx.sae.d_in == 384 and ctx.index.names("object") == ["circle", "heart"]
     assert ctx.index.get("circle").anchor == "heart"  # the only other object
-    # the text store holds every token of each of the 8 prompts, and of the empty prompt
-    assert ctx.info.training["members"][CONTEXT]["stored_tokens"] == 9 * 16
+    # the text store holds every token of each of the 16 prompts, and of the empty prompt once per
+    # eight of them (the eraser edits the unconditional half at every step)
+    assert ctx.info.training["members"][CONTEXT]["stored_tokens"] == (16 + 2) * 16
     patched = EraseConcepts.execute(demo["model"], on_disk, "circle", "neuron", 1.0, -3.0, "both", 0.0, 1.0).args[0]
     assert len(patched.model_options["transformer_options"]["patches"]["attn2_patch"]) == 1
     assert "diffusion_model.output_blocks.3.1.forward" in patched.object_patches

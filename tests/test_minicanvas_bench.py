@@ -148,13 +148,15 @@ def test_denoising_error_flags_colour_blotches_but_not_a_moved_shape():
 def test_the_text_sae_never_trains_on_a_word_the_paraphrase_tests_use():
     """The paraphrase tests measure wordings the SAE has not seen: the synonyms and carrier
     sentences it is trained on share no word with them, besides the concepts' own names."""
+    import os
     import re
     import sys
-    sys.path.insert(0, "scripts")
-    sys.path.insert(0, "benchmarks")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path[:0] = [os.path.join(repo, "scripts"), os.path.join(repo, "benchmarks")]
     import paraphrase_holdout as holdout
     import train_demo_saes as recipe
 
+    from saemnesia_core.prompts import parse_labelled_lines
     from saemnesia_demo import bench
 
     def words(texts):
@@ -167,7 +169,6 @@ def test_the_text_sae_never_trains_on_a_word_the_paraphrase_tests_use():
               *(bench.paraphrase("star", "stripes", i) for i in range(3)),
               *(wording("star", "stripes", i) for wording in holdout.WORDINGS.values() for i in range(4))]
     assert not (trained & words(tested)) - shared, (trained & words(tested)) - shared
-    lines = recipe.synonym_lines().splitlines()
-    pairs = {tuple(n.strip() for n in line.split(":", 1)[0].split(",")) for line in lines}
-    assert pairs == {(o, s) for o in data.OBJECTS for s in data.STYLES}  # every pair
-    assert len(set(lines)) > 0.9 * len(lines)  # in different wordings
+    lines = parse_labelled_lines(recipe.synonym_lines())  # as the Train node reads them
+    assert {tuple(p.labels) for p in lines} == {(o, s) for o in data.OBJECTS for s in data.STYLES}  # every pair
+    assert len({p.text for p in lines}) > 0.9 * len(lines)  # in different wordings
