@@ -32,6 +32,7 @@ _MAX_HEADER = 100 * 1024 * 1024
 # cross-attention of every transformer block reads (keys and values), rather than one block's output.
 CONTEXT = "context"
 STATES = "concept_states"  # [concepts, timestep buckets, d_in]: each concept's mean SAE input
+HANDOVERS = "concept_handovers"  # [concepts, d_in + 1, d_in]: each concept's handover map to its anchor
 
 
 @dataclass
@@ -79,11 +80,17 @@ def _with_state(info: SAEInfo) -> list[str]:
     return [n for n, c in info.concept_index.concepts.items() if c.state is not None]
 
 
+def _with_handover(info: SAEInfo) -> list[list[str]]:
+    return [[n, c.handover_anchor] for n, c in info.concept_index.concepts.items() if c.handover is not None]
+
+
 def _member_record(sae: TopKSAE, info: SAEInfo) -> dict:
     record = {"hook_point": info.hook_point, "d_in": sae.d_in, "n_latents": sae.n_latents, "k": sae.k,
               "reserved_latents": sae.reserved.tolist(), "concept_index": info.concept_index.to_json()}
     if _with_state(info):
         record["concept_states"] = _with_state(info)  # rows of the concept_states tensor, in order
+    if _with_handover(info):
+        record[HANDOVERS] = _with_handover(info)  # [concept, its anchor] per row of that tensor
     return record
 
 
@@ -92,6 +99,11 @@ def _tensors_of(sae: TopKSAE, info: SAEInfo, prefix: str = "") -> dict:
     if _with_state(info):
         concepts = info.concept_index.concepts
         tensors[prefix + STATES] = torch.stack([concepts[n].state.float() for n in _with_state(info)])
+    if _with_handover(info):
+        concepts = info.concept_index.concepts
+        # half precision: a map is (d_in + 1) x d_in per concept (7 MB for the demo's twelve in
+        # fp32), and fp16's 3 significant digits are far finer than the moves it predicts
+        tensors[prefix + HANDOVERS] = torch.stack([concepts[n].handover.half() for n, _ in _with_handover(info)])
     return tensors
 
 
@@ -202,6 +214,7 @@ def _member(tensors, record: dict, sizes: dict, prefix: str, label: str, path: s
     except Exception as e:  # noqa: BLE001 - any other malformed index is a file problem too
         raise SAEFileError(f"{label}: bad concept index ({type(e).__name__}: {e}); re-create the SAE file.") from None
     _attach_states(index, tensors, record, prefix, sae.d_in, label)
+    _attach_handovers(index, tensors, record, prefix, sae.d_in, label)
     hook = record.get("hook_point")
     if not isinstance(hook, str) or not hook:
         raise SAEFileError(f"{label} does not say which block it was trained on (no hook_point).")
@@ -228,6 +241,29 @@ def _attach_states(index: ConceptIndex, tensors, record: dict, prefix: str, d_in
         raise SAEFileError(f"{label}: concept_states holds NaN or inf; {fix}")
     for name, state in zip(names, states):
         index.concepts[name].state = state
+
+
+def _attach_handovers(index: ConceptIndex, tensors, record: dict, prefix: str, d_in: int, label: str):
+    """Each concept's handover map to its anchor, if the file has them (older files have none)."""
+    rows = record.get(HANDOVERS)
+    if rows is None:
+        return
+    fix = "the file is damaged. Re-create it."
+    ok = isinstance(rows, list) and all(
+        isinstance(r, list) and len(r) == 2 and all(isinstance(n, str) and n in index.concepts for n in r)
+        and r[0] != r[1] for r in rows)
+    if not ok or len({r[0] for r in rows}) != len(rows):
+        raise SAEFileError(f"{label}: {HANDOVERS} must list [concept, anchor] pairs of its index, each concept "
+                           f"once; {fix}")
+    maps = tensors.get(prefix + HANDOVERS)
+    if maps is None or tuple(maps.shape) != (len(rows), d_in + 1, d_in):
+        shape = None if maps is None else tuple(maps.shape)
+        raise SAEFileError(f"{label}: the {HANDOVERS} tensor is {shape}, expected {(len(rows), d_in + 1, d_in)}; {fix}")
+    maps = maps.float()
+    if not torch.isfinite(maps).all():
+        raise SAEFileError(f"{label}: {HANDOVERS} holds NaN or inf; {fix}")
+    for (name, anchor), m in zip(rows, maps):
+        index.concepts[name].handover, index.concepts[name].handover_anchor = m, anchor
 
 
 def _show(value, limit: int = 60) -> str:

@@ -79,6 +79,10 @@ class Concept:
     # anchor hands over as the difference of two such means, a move between states the model
     # itself produces (stored as a tensor beside the weights, not in the JSON record)
     state: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    # [d_in + 1, d_in]: the handover map to handover_anchor (saemnesia_core.handover), fitted on the
+    # concept's prompts and their twins naming the anchor; used instead of the mean-state move
+    handover: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    handover_anchor: str | None = None
 
     def to_json(self):
         d = {"kind": self.kind, "selections": [s.to_json() for s in self.selections]}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .handover import handover_moves
 from .sae import TopKSAE
 
 
@@ -29,23 +30,30 @@ class ErasureTarget:
     # and the anchor's decoder direction is used)
     shifts: torch.Tensor | None = None
     shifted: torch.Tensor | None = None  # bool [L]: which rows of shifts are real (set once, not per step)
+    # [L, d_in + 1, d_in]: handover maps to the anchor (saemnesia_core.handover; zero where none),
+    # used instead of scaling the latent and of the shift
+    maps: torch.Tensor | None = None
+    mapped: torch.Tensor | None = None  # bool [L]: which rows of maps are real
 
     def __post_init__(self):
         if self.shifts is not None and self.shifted is None:
             self.shifted = self.shifts.abs().sum(1) > 0
+        if self.maps is not None and self.mapped is None:
+            self.mapped = self.maps.flatten(1).abs().sum(1) > 0
 
     def to(self, device):
+        def moved(t):
+            return None if t is None else t.to(device)
         return ErasureTarget(self.latents.to(device), self.threshold.to(device), self.concept_mean.to(device),
-                             self.multiplier.to(device), None if self.anchors is None else self.anchors.to(device),
-                             None if self.shifts is None else self.shifts.to(device),
-                             None if self.shifted is None else self.shifted.to(device))
+                             self.multiplier.to(device), moved(self.anchors), moved(self.shifts), moved(self.shifted),
+                             moved(self.maps), moved(self.mapped))
 
     def __len__(self):
         return int(self.latents.numel())
 
     def with_threshold(self, value: float) -> "ErasureTarget":
         return ErasureTarget(self.latents, torch.full_like(self.threshold, value), self.concept_mean, self.multiplier,
-                             self.anchors, self.shifts, self.shifted)
+                             self.anchors, self.shifts, self.shifted, self.maps, self.mapped)
 
 
 def selected_activations(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,6 +106,11 @@ def scale_neurons(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget, strength
                   positions_per_map: int | None = None) -> torch.Tensor:
     """SAEmnesia: the concept's own latent, wherever it is active, times the multiplier.
 
+    With a handover map to the anchor (text states; saemnesia_core.handover), each token first
+    moves by the map's prediction of the same prompt naming the anchor, gated by the latent's
+    activation over its mean (at most 1). What the latent still sees afterwards (a wording the
+    map was not fitted on) is erased as below, on the moved states.
+
     With an anchor, the token also moves towards the anchor concept, by as much as the concept
     is present there: by the difference of the two concepts' mean states where the index has
     them (a move between states the model itself produces, so the picture stays in distribution),
@@ -110,6 +123,8 @@ def scale_neurons(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget, strength
     elsewhere, while the model reads the concept from every token."""
     if len(target) == 0 or strength == 0:
         return x
+    if target.maps is not None and bool(target.mapped.any()):
+        x = _hand_over(x, sae, target, strength, positions_per_map)
     rows, acts = selected_activations(x, sae, target.with_threshold(0.0))
     factor = (target.multiplier - 1.0).to(acts.dtype).view(1, -1)
     out = _apply_delta(x, sae, target, rows, factor * acts * strength)
@@ -132,6 +147,33 @@ def scale_neurons(x: torch.Tensor, sae: TopKSAE, target: ErasureTarget, strength
             out += (per_map @ shifts).to(x.dtype).expand(-1, positions_per_map, -1).reshape(x.shape)
         else:
             out[rows] += (share @ shifts).to(x.dtype)
+    return out
+
+
+# a map predicts the whole move to the anchor's prompt: where the latent fires above its mean the
+# prompt moves no further (a cap of 2 broke pictures on validation seeds and erased no more)
+HANDOVER_GATE_MAX = 1.0
+
+
+def _hand_over(x, sae: TopKSAE, target: ErasureTarget, strength: float, positions_per_map: int | None):
+    """x plus each mapped latent's handover move, gated by the concept's presence: its activation
+    over its mean on the concept, capped at 1 (per map: its strongest row); x itself where no
+    mapped latent fires."""
+    mapped = target.mapped
+    sub = ErasureTarget(target.latents[mapped], torch.zeros_like(target.threshold[mapped]),
+                        target.concept_mean[mapped], target.multiplier[mapped])
+    rows, acts = selected_activations(x, sae, sub)
+    if rows.numel() == 0:
+        return x
+    share = (acts / sub.concept_mean.to(acts.dtype).clamp_min(1e-6).view(1, -1)).clamp(0, HANDOVER_GATE_MAX) * strength
+    per_row = share.new_zeros(x.shape[0], share.shape[1])
+    per_row[rows] = share
+    if positions_per_map:
+        per_row = per_row.view(-1, positions_per_map, share.shape[1]).amax(1, keepdim=True) \
+            .expand(-1, positions_per_map, -1).reshape(x.shape[0], -1)
+    moving = (per_row > 0).any(1).nonzero(as_tuple=True)[0]
+    out = x.clone()
+    out[moving] += handover_moves(x[moving], target.maps[mapped], per_row[moving])
     return out
 
 

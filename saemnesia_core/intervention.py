@@ -133,6 +133,7 @@ class ConceptEraser:
         chosen: dict[int, tuple[float, float, float]] = {}
         anchors: dict[int, int] = {}
         shifts: dict[int, torch.Tensor] = {}  # concept latent -> anchor's mean state minus the concept's
+        maps: dict[int, torch.Tensor] = {}  # concept latent -> its handover map to the anchor
         resolved = []  # (the entry as typed, its name or latent, its concept or latent index, anchor given)
         for full in self.concepts:
             spec, anchor = split_anchor(full)
@@ -161,6 +162,8 @@ class ConceptEraser:
                         raise SAEError(f"'{full}': the anchor '{a}' must be another concept with its own latent.")
                     if ac.name not in erased:  # never hand an erased concept's activation to another erased one
                         anchors[c.latent] = ac.latent
+                        if c.handover is not None and c.handover_anchor == ac.name:
+                            maps[c.latent] = c.handover  # fitted for this very anchor
                         if c.state is not None and ac.state is not None:
                             shifts[c.latent] = ac.state[min(bucket, len(ac.state) - 1)] - c.state[min(bucket, len(c.state) - 1)]
                 continue
@@ -183,8 +186,14 @@ class ConceptEraser:
             zero = torch.zeros(self.sae.d_in)
             shift_rows = torch.stack([shifts.get(i, zero).float() for i in ids])
             shifted = torch.tensor([i in shifts for i in ids])
+        map_rows = mapped = None
+        if maps:
+            d = self.sae.d_in
+            zero = torch.zeros(d + 1, d)
+            map_rows = torch.stack([maps.get(i, zero).float() for i in ids])
+            mapped = torch.tensor([i in maps for i in ids])
         return erasure.ErasureTarget(torch.tensor(ids, dtype=torch.long), vals[:, 0], vals[:, 1], vals[:, 2], anchor_ids,
-                                     shift_rows, shifted)
+                                     shift_rows, shifted, map_rows, mapped)
 
     # --- device handling ----------------------------------------------------------------
     def place(self, device=None, dtype=None) -> TopKSAE:
