@@ -18,6 +18,7 @@ from saemnesia_core import SAEError, SAEInfo, TrainingCancelled, load_sae
 from saemnesia_core.activations import INDEX, ActivationStore, ActivationWriter
 from saemnesia_core.checkpoint import CONTEXT, save_sae_set
 from saemnesia_core.fileio import save_json_atomic
+from saemnesia_core.handover import fit_concept_handovers
 from saemnesia_core.progress import TimeWeightedProgress, guess_step_seconds
 from saemnesia_core.prompts import DEFAULT_TEMPLATES, LabelledPrompt, assemble_prompts, split_list
 from saemnesia_core.training import TrainConfig, train_sae
@@ -190,6 +191,11 @@ class TrainSAEFromPrompts(io.ComfyNode):
                     sae, index, record = train_sae(store, cfg_train, _member_dir(run_dir, "train", hook, hooks), progress,
                                                    should_cancel)
                     record.update(hook_point=hook, sampler=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg)
+                    if hook == CONTEXT and supervised:
+                        with torch.inference_mode():
+                            skipped = fit_concept_handovers(index, prompts, lambda texts: _encode_with_ids(clip, texts))
+                        record["handovers"] = {"fitted": sum(c.handover is not None for c in index.concepts.values()),
+                                               "skipped": skipped}
                     members.append((sae, SAEInfo(hook, family, index, record, out_path)))
                     records[hook] = record
         except TrainingCancelled:
@@ -349,6 +355,19 @@ def _member_dir(run_dir: str, part: str, hook: str, hooks: list[str]) -> str:
     """run/<part> for a one-SAE run (the layout runs of earlier versions resume from);
     run/<part>/<hook point> for each member of a set."""
     return os.path.join(run_dir, part) if len(hooks) == 1 else os.path.join(run_dir, part, hook)
+
+
+def _encode_with_ids(clip, texts: list[str]) -> list[tuple[list[int], torch.Tensor]]:
+    """(token ids, text states) of each prompt, to pair a prompt's tokens with its twin's."""
+    out = []
+    for text in texts:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        tokens = clip.tokenize(text)
+        first = next(iter(tokens.values()))  # every encoder of a model tokenises to the same positions
+        # an embedding (textual inversion) stands where an id would: it is no word of the pair
+        ids = [tok[0] if isinstance(tok[0], int) else -2 for chunk in first for tok in chunk]
+        out.append((ids, _text_states(clip.encode_from_tokens_scheduled(tokens))))
+    return out
 
 
 def _text_states(cond) -> torch.Tensor:

@@ -224,6 +224,15 @@ def test_train_a_set_from_one_collection_and_erase_with_it(demo, tmp_path, monke
     # the text store holds every token of each of the 16 prompts, and of the empty prompt once per
     # eight of them (the eraser edits the unconditional half at every step)
     assert ctx.info.training["members"][CONTEXT]["stored_tokens"] == (16 + 2) * 16
+    # each object's handover map, fitted on its prompts and their twins through the model's own
+    # text encoder, carries a circle prompt's tokens most of the way to the heart prompt's
+    assert ctx.info.training["members"][CONTEXT]["handovers"] == {"fitted": 4, "skipped": {}}
+    circle = ctx.index.get("circle")
+    assert circle.handover_anchor == "heart"
+    x, y = (demo["clip"].encode_from_tokens_scheduled(demo["clip"].tokenize(p))[0][0][0]
+            for p in ("a circle in dots style", "a heart in dots style"))
+    moved = x + torch.cat([x, torch.ones(len(x), 1)], 1) @ circle.handover
+    assert float((moved - y).norm()) < 0.5 * float((x - y).norm())
     patched = EraseConcepts.execute(demo["model"], on_disk, "circle", "neuron", 1.0, -3.0, "both", 0.0, 1.0).args[0]
     assert len(patched.model_options["transformer_options"]["patches"]["attn2_patch"]) == 1
     assert "diffusion_model.output_blocks.3.1.forward" in patched.object_patches
