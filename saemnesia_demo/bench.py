@@ -646,6 +646,23 @@ def plot(results: dict, path: str):
     os.replace(tmp, path)
 
 
+def validation_check(sae_path: str, seeds: list[int], threads: int = 2, steps: int = BENCH_STEPS, log=print) -> dict:
+    """The text SAE as shipped, each concept erased in turn on its validation pairs and the given
+    (never test) seeds: the quick check that decides whether a change is worth a full run."""
+    if set(seeds) & set(TEST_SEEDS):
+        raise SystemExit(f"--validation-check takes validation seeds only, not the test seeds {TEST_SEEDS}")
+    bench, loaded = Bench(threads=threads, steps=steps, log=log), load_sae(sae_path)
+    out = {"sae": os.path.basename(sae_path), "seeds": list(seeds), "steps": steps, "targets": {}, "kinds": {}}
+    for kind, names in (("objects", data.OBJECTS), ("styles", data.STYLES)):
+        for t in names:
+            answers = bench.answer_set(seeds, pairs=validation_pairs(t), edits=erasers_for_set(loaded, [t], mode="neuron"))
+            out["targets"][t] = {**answers.metrics([t]), "broken": int(answers.broken.sum())}
+            log(f"{t}: {out['targets'][t]}")
+        out["kinds"][kind] = round(sum(out["targets"][t]["avg"] for t in names) / len(names), 2)
+    log(f"kind averages: {out['kinds']}")
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m saemnesia_demo.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -664,7 +681,15 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=1,
                     help="2: objects and styles in two processes (one thread each), merged into one result")
     ap.add_argument("--merge", nargs="+", metavar="PART.json", help="merge results of runs on disjoint targets")
+    ap.add_argument("--validation-check", type=int, nargs="+", metavar="SEED",
+                    help="only the quick check of the shipped text SAE on these validation seeds (e.g. 501 502 503); "
+                         "writes benchmarks/results/validation_check.json")
     args = ap.parse_args(argv)
+    if args.validation_check:
+        result = validation_check(os.path.join(args.sae_dir, CONTEXT_SAE + ".safetensors"), args.validation_check,
+                                  threads=args.threads, steps=args.steps)
+        save_json_atomic(result, os.path.join(REPO, "benchmarks", "results", "validation_check.json"))
+        return result
     if args.merge:
         parts = []
         for path in args.merge:

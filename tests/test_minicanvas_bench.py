@@ -1,4 +1,5 @@
 """The benchmark's metrics follow UnlearnCanvas's definitions; merged worker results equal one run's."""
+import pytest
 import torch
 
 from saemnesia_demo import data
@@ -172,3 +173,9 @@ def test_the_text_sae_never_trains_on_a_word_the_paraphrase_tests_use():
     lines = parse_labelled_lines(recipe.synonym_lines())  # as the Train node reads them
     assert {tuple(p.labels) for p in lines} == {(o, s) for o in data.OBJECTS for s in data.STYLES}  # every pair
     assert len({p.text for p in lines}) > 0.9 * len(lines)  # in different wordings
+
+
+def test_the_validation_check_refuses_test_seeds_before_any_work():
+    from saemnesia_demo.bench import validation_check
+    with pytest.raises(SystemExit, match="validation seeds only"):
+        validation_check("no-such-file.safetensors", [501, 0])
