@@ -32,7 +32,8 @@ def _calibrated(s: dict) -> str:
     if "context_sae" in s:
         c = s["context_sae"]
         text += (f"; SAEmnesia on the text states: one SAE ({c['latents']} latents, k {c['k']}) for objects and styles, "
-                 f"calibrated multiplier x{c['default_multiplier']}, each erased concept's activation handed to its anchor")
+                 f"each erased prompt moved to its anchor by the concept's handover map where the latent fires "
+                 f"(calibrated multiplier x{c['default_multiplier']} for what the latent still sees, and where no map applies)")
     return text + ". "
 
 
@@ -100,7 +101,7 @@ def training(d):
 
 NAMES = {"none": "no erasure", "negative_prompt": "negative prompt", "saeuron": "SAeUron (per-concept grid search)",
          "saemnesia": "SAEmnesia (one latent, one multiplier)", "saemnesia_per": "SAEmnesia + PER (detect and replace)",
-         "saemnesia_context": "SAEmnesia on the text states, all 7 blocks (one latent + anchor, one multiplier)"}
+         "saemnesia_context": "SAEmnesia on the text states, all 7 blocks (one latent detects, a handover map to the anchor)"}
 
 
 def _v(x):
