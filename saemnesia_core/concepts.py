@@ -80,7 +80,8 @@ class Concept:
     # itself produces (stored as a tensor beside the weights, not in the JSON record)
     state: torch.Tensor | None = field(default=None, repr=False, compare=False)
     # [d_in + 1, d_in]: the handover map to handover_anchor (saemnesia_core.handover), fitted on the
-    # concept's prompts and their twins naming the anchor; used instead of the mean-state move
+    # concept's prompts and their twins naming the anchor; moves the prompt before the mean-state
+    # move, which then acts only on what the latent still sees
     handover: torch.Tensor | None = field(default=None, repr=False, compare=False)
     handover_anchor: str | None = None
 

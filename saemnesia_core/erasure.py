@@ -31,7 +31,7 @@ class ErasureTarget:
     shifts: torch.Tensor | None = None
     shifted: torch.Tensor | None = None  # bool [L]: which rows of shifts are real (set once, not per step)
     # [L, d_in + 1, d_in]: handover maps to the anchor (saemnesia_core.handover; zero where none),
-    # used instead of scaling the latent and of the shift
+    # applied first; the latent and the shift then act on what the latent still sees
     maps: torch.Tensor | None = None
     mapped: torch.Tensor | None = None  # bool [L]: which rows of maps are real
 
@@ -172,6 +172,8 @@ def _hand_over(x, sae: TopKSAE, target: ErasureTarget, strength: float, position
         per_row = per_row.view(-1, positions_per_map, share.shape[1]).amax(1, keepdim=True) \
             .expand(-1, positions_per_map, -1).reshape(x.shape[0], -1)
     moving = (per_row > 0).any(1).nonzero(as_tuple=True)[0]
+    if moving.numel() == 0:
+        return x
     out = x.clone()
     out[moving] += handover_moves(x[moving], target.maps[mapped], per_row[moving])
     return out

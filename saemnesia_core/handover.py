@@ -15,8 +15,7 @@ import re
 import torch
 
 # ridge weight, relative to the states' mean energy per channel (the Gram matrix's mean diagonal):
-# keeps a map fitted on a few dozen prompts from learning their noise, and leaves their moves
-# intact (on the demo model, 0.001 to 0.1 differ little)
+# keeps a map fitted on a few dozen prompts from learning their noise, and leaves their moves intact
 RIDGE = 1e-2
 
 
@@ -95,21 +94,25 @@ def fit_concept_handovers(index, prompts, encode) -> dict[str, str]:
     """Fit each anchored concept's map (`index` is changed in place: Concept.handover and
     handover_anchor). prompts: LabelledPrompt-like (text, labels); encode(list of texts) ->
     list of (token ids, states [tokens, d_in]). Returns {concept: why it has no map}."""
-    skipped = {}
+    skipped, pairs = {}, {}
     for c in index.concepts.values():
         c.handover, c.handover_anchor = None, None
         if c.latent is None or not c.anchor:
             continue
         texts = [p.text for p in prompts if c.name in p.labels]
         twins = [twin_text(t, c.name, c.anchor) for t in texts]
-        pairs = [(t, w) for t, w in zip(texts, twins) if w is not None and w != t]
-        if not pairs:
+        pairs[c.name] = [(t, w) for t, w in zip(texts, twins) if w is not None and w != t]
+        if not pairs[c.name]:
             skipped[c.name] = "none of its prompts names it"
+    # a twin is often another concept's prompt (and the other way round): encode each text once
+    texts = list(dict.fromkeys(t for ps in pairs.values() for pair in ps for t in pair))
+    encoded = dict(zip(texts, encode(texts))) if texts else {}
+    for name, ps in pairs.items():
+        if not ps:
             continue
-        mine = encode([t for t, _ in pairs])
-        theirs = encode([w for _, w in pairs])
+        c = index.concepts[name]
         states, twin_states, alignments = [], [], []
-        for (ids, x), (twin_ids, y) in zip(mine, theirs):
+        for (ids, x), (twin_ids, y) in ((encoded[t], encoded[w]) for t, w in ps):
             if len(ids) != len(twin_ids) or x.shape != y.shape:
                 continue  # a twin that crossed a chunk boundary has no token-by-token partner
             states.append(x)

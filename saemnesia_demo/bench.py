@@ -343,11 +343,13 @@ def is_context_sae(loaded) -> bool:
 
 def _validation_score(bench: Bench, loaded, kinds, seeds, **eraser) -> float:
     names = [t for k in kinds for t in (data.OBJECTS if k == "objects" else data.STYLES)]
-    scores = []
-    for t in names:
-        scores.append(bench.answer_set(seeds, pairs=validation_pairs(t), edits=erasers_for_set(loaded, [t], **eraser))
-                      .metrics([t])["avg"])
+    scores = [_validation_answers(bench, loaded, t, seeds, **eraser).metrics([t])["avg"] for t in names]
     return round(sum(scores) / len(scores), 2)
+
+
+def _validation_answers(bench: Bench, loaded, target: str, seeds, **eraser) -> Answers:
+    """The target erased alone, on its validation pairs and these seeds."""
+    return bench.answer_set(seeds, pairs=validation_pairs(target), edits=erasers_for_set(loaded, [target], **eraser))
 
 
 def calibrate(bench: Bench, loaded, kinds, seeds=VALIDATION_SEEDS, candidates=None, log=print,
@@ -395,13 +397,16 @@ def calibrate_shipped(path: str, kinds, threads: int = 1):
     loaded = load_sae(path)
     # where a concept's handover map applies the multiplier is never reached (its latent is silent
     # on the moved states), so every candidate would tie: calibrate the move the map stands in
-    # for, which erasing a concept with its anchor (or to an anchor the user names) still uses
-    measured = load_sae(path)
-    mapped = any(c.handover is not None for m in measured.blocks for c in m.index.concepts.values())
-    for c in (c for m in measured.blocks for c in m.index.concepts.values()):
+    # for, which erasing a concept with its anchor (or to an anchor the user names) still uses;
+    # the maps are set aside meanwhile and saved back with the result
+    concepts = [c for m in loaded.blocks for c in m.index.concepts.values()]
+    maps = [(c, c.handover, c.handover_anchor) for c in concepts]
+    for c in concepts:
         c.handover = c.handover_anchor = None
-    result = calibrate(Bench(threads=threads, steps=BENCH_STEPS), measured, kinds, known=loaded.info.training.get("calibration"))
-    result["without_handover_maps"] = mapped
+    result = calibrate(Bench(threads=threads, steps=BENCH_STEPS), loaded, kinds, known=loaded.info.training.get("calibration"))
+    for c, handover, anchor in maps:
+        c.handover, c.handover_anchor = handover, anchor
+    result["without_handover_maps"] = any(h is not None for _, h, _ in maps)
     for m in loaded.blocks:
         m.index.default_multiplier = float(result["multiplier"])
         m.index.default_mode = result["default_mode"]
@@ -655,7 +660,7 @@ def validation_check(sae_path: str, seeds: list[int], threads: int = 2, steps: i
     out = {"sae": os.path.basename(sae_path), "seeds": list(seeds), "steps": steps, "targets": {}, "kinds": {}}
     for kind, names in (("objects", data.OBJECTS), ("styles", data.STYLES)):
         for t in names:
-            answers = bench.answer_set(seeds, pairs=validation_pairs(t), edits=erasers_for_set(loaded, [t], mode="neuron"))
+            answers = _validation_answers(bench, loaded, t, seeds, mode="neuron")
             out["targets"][t] = {**answers.metrics([t]), "broken": int(answers.broken.sum())}
             log(f"{t}: {out['targets'][t]}")
         out["kinds"][kind] = round(sum(out["targets"][t]["avg"] for t in names) / len(names), 2)
