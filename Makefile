@@ -32,8 +32,6 @@ bench: setup
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/training_throughput.py
 	HF_HUB_OFFLINE=1 $(PY) -m saemnesia_demo.bench --workers 2
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/paraphrase_holdout.py --threads 2
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/paraphrase_holdout.py --wordings fresh --threads 2
 	$(PY) benchmarks/tables.py
 
 clean:

@@ -8,19 +8,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
 
 
-def _broken(s: dict) -> str:
-    """How the run decided that an erasure broke a picture (older runs recorded less)."""
-    if "broken_denoise_margin" in s:
-        return (f", or that the erasure broke (compared with the unedited sample of the same prompt and seed: pixel "
-                f"noise level up by more than {s['broken_noise_margin']}, or the demo model's own denoising error up "
-                f"by more than {s['broken_denoise_margin']}, which catches colour blotches; a broken picture fails UA, "
-                "IRA and CRA alike). ")
-    if "broken_noise_margin" in s:
-        return (f", or that the erasure broke (pixel noise level raised by more than {s['broken_noise_margin']} over "
-                "the unedited sample; a broken picture fails UA, IRA and CRA alike). ")
-    return ". "
-
-
 def _calibrated(s: dict) -> str:
     """The supervised SAEs' calibrated settings, as the run used them."""
     sup = {kind: v["saemnesia"] for kind, v in s["saes"].items()}
@@ -99,83 +86,60 @@ def training(d):
     return "\n\n".join(_training_setting(n, v) for n, v in d["settings"].items())
 
 
-NAMES = {"none": "no erasure", "negative_prompt": "negative prompt", "saeuron": "SAeUron (per-concept grid search)",
-         "saemnesia": "SAEmnesia (one latent, one multiplier)", "saemnesia_per": "SAEmnesia + PER (detect and replace)",
-         "saemnesia_context": "SAEmnesia on the text states, all 7 blocks (one latent detects, a handover map to the anchor)"}
-
-
 def _v(x):
     return "-" if x is None else str(x)
 
 
-def _paraphrase_rows(results: dict) -> list[str]:
-    """Rows of drawn-and-removed UA, IRA, CRA and their mean per method, objects then styles."""
-    rows = ["| method | objects UA (drawn) | IRA | CRA | **avg** | styles UA (drawn) | IRA | CRA | **avg** |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for k, v in results.items():
-        cells = []
-        for kind in ("objects", "styles"):
-            m = v["summary"].get(kind, {})
-            ua_drawn = m.get("UA_drawn", "-")
-            avg = round((ua_drawn + m["IRA"] + m["CRA"]) / 3, 2) if isinstance(ua_drawn, (int, float)) else "-"
-            cells += [f"{_v(ua_drawn)} (of {m.get('drawn', '-')})", _v(m.get("IRA")), _v(m.get("CRA")), f"**{avg}**"]
-        rows.append(f"| {NAMES.get(k, k)} | " + " | ".join(cells) + " |")
-    return rows
-
-
-def held_out(d):
-    run = d["run"]
-    return (f"Wordings such as {'; '.join(repr(e) for e in d['examples'])} (seed {', '.join(map(str, d['seeds']))}, the "
-            f"validation pairs of every concept; `{d['sae']}`; {run['images']} images in {run['seconds']:.0f} s, "
-            f"{run['date']}):\n\n" + "\n".join(_paraphrase_rows(d["results"])))
+def _name(d: dict, key: str) -> str:
+    return d["settings"].get("methods", {}).get(key, key)
 
 
 def minicanvas(d):
-    s = d["settings"]
-    rows = ["| method | objects UA | IRA | CRA | **avg** | styles UA | IRA | CRA | **avg** | artifacts |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    for key, m in d["methods"].items():
+    """The headline: every method on TEST wordings (drawn-and-removed UA, IRA, CRA), then the seen
+    wording, several concepts at once and in sequence."""
+    s, dm, run = d["settings"], d["demo_model"], d["run"]
+    rows = ["| method | objects UA (drawn) | IRA | CRA | **avg** | styles UA (drawn) | IRA | CRA | **avg** | failed "
+            "| seen wording: objects avg / styles avg |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, m in d["test"].items():
         cells = []
         for kind in ("objects", "styles"):
             v = m["summary"].get(kind, {})
-            cells += [str(v.get("UA", "-")), str(v.get("IRA", "-")), str(v.get("CRA", "-")), f"**{v.get('avg', '-')}**"]
-        rows.append(f"| {NAMES.get(key, key)} | " + " | ".join(cells) + f" | {m['artifact_rate']}% |")
-    g = d["saeuron_search"]
-    mk = [k for k in ("negative_prompt", "saeuron", "saemnesia", "saemnesia_per", "saemnesia_context") if k in d["methods"]]
-    multi = ["| erased at once | " + " | ".join(NAMES[k].split(" (")[0] for k in mk) + " |", "|---|" + "---|" * len(mk)]
-    for group, res in d["multi_concept"]["results"].items():
+            cells += [f"{_v(v.get('UA_drawn'))} (of {_v(v.get('drawn'))})", _v(v.get("IRA")), _v(v.get("CRA")),
+                      f"**{_v(v.get('avg_drawn'))}**"]
+        seen = d.get("seen", {}).get(key, {}).get("summary", {})
+        seen_cell = " / ".join(_v(seen.get(k, {}).get("avg")) for k in ("objects", "styles"))
+        rows.append(f"| {_name(d, key)} | " + " | ".join(cells) + f" | {m['failed_rate']}% | {seen_cell} |")
+    mk = [k for k in d["test"] if k != "none"]
+    multi = ["| erased at once | " + " | ".join(_name(d, k).split(" (")[0] for k in mk) + " |", "|---|" + "---|" * len(mk)]
+    for group, res in d["multi"].items():
         multi.append(f"| {group.replace('_', ' ')} | " + " | ".join(
-            f"{_v(res[k]['UA'])} / {_v(res[k]['IRA'])} / {_v(res[k]['CRA'])}" if k in res else "-" for k in mk) + " |")
-    seq = ["| objects erased | " + " | ".join(NAMES[k].split(" (")[0] for k in d["sequential"]["results"]) + " |",
-           "|---|" + "---|" * len(d["sequential"]["results"])]
-    n_steps = max((len(v) for v in d["sequential"]["results"].values()), default=0)
+            f"{_v(res[k]['UA_drawn'])} / {_v(res[k]['IRA'])} / {_v(res[k]['CRA'])}" if k in res else "-" for k in mk) + " |")
+    seq = ["| objects erased | " + " | ".join(_name(d, k).split(" (")[0] for k in d["sequential"]) + " |",
+           "|---|" + "---|" * len(d["sequential"])]
+    n_steps = max((len(v) for v in d["sequential"].values()), default=0)
     for i in range(n_steps):
-        seq.append(f"| {i + 1} | " + " | ".join(f"{_v(v[i]['UA'])} / {_v(v[i]['IRA'])} / {_v(v[i]['CRA'])}"
-                                                 for v in d["sequential"]["results"].values()) + " |")
-    if "results" in d["paraphrases"]:
-        par = _paraphrase_rows(d["paraphrases"]["results"])
-        para_text = ("UA over the target's reworded pictures whose unedited twin shows the target (how many in "
-                     "brackets); IRA/CRA on the reworded prompts; avg of the three")
-    else:
-        para = d["paraphrases"]["UA"]
-        par = ["| method | objects UA | styles UA |", "|---|---|---|"] + [
-            f"| {NAMES.get(k, k)} | {v['objects']} | {v['styles']} |" for k, v in para.items()]
-        para_text = "UA on the target's own paraphrased prompts"
-    dm, run = d["demo_model"], d["run"]
-    return (f"Answer set: {s['answer_set']} ({s['steps']} DDIM steps, CFG {s['cfg']}); every object and every style "
-            f"erased in turn; means over the 6 targets of each kind. The demo model itself: object "
-            f"{dm['object_acc']}%, style {dm['style_acc']}%. SAeUron: {g['settings_per_concept']} (tau, gamma) settings per "
-            f"concept, {g['settings_evaluated']} evaluated on validation seeds {s['validation_seeds']}. Artifacts: share of "
-            f"images neither classifier places in any class with probability >= {s['artifact_confidence']}"
-            + _broken(s)
-            + _calibrated(s) +
-            f"Run: {run['images']} images in {run['seconds']:.0f} s, {run['threads']} threads, {run['date']}.\n\n"
+        seq.append(f"| {i + 1} | " + " | ".join(f"{_v(v[i]['UA_drawn'])} / {_v(v[i]['IRA'])} / {_v(v[i]['CRA'])}"
+                                                 for v in d["sequential"].values()) + " |")
+    tw = s["test_wordings"]
+    g = d.get("saeuron_search")
+    return (f"**Test wordings** ({tw['per_pair']} per object x style pair from the `TEST` vocabulary, which nothing was "
+            f"trained, fitted, calibrated or chosen on; e.g. {'; '.join(repr(e) for e in tw['examples'])}), seeds "
+            f"{s['test_seeds']}, {s['steps']} DDIM steps, CFG {s['cfg']}; per target {s['rows_per_target']}. "
+            f"UA counts the target's pictures whose unedited twin shows the target (drawn and removed; how many in "
+            f"brackets). The unedited model on these wordings: object {dm['test']['object_acc']}%, style "
+            f"{dm['test']['style_acc']}% (on the seen wording: {dm['seen']['object_acc']}% / {dm['seen']['style_acc']}%). "
+            f"*Failed*: pictures no classifier is confident about (p >= {s['artifact_confidence']}) or that the edit "
+            f"broke against their unedited twin (noise level +{s['broken_noise_margin']}, or the demo model's own "
+            f"denoising error +{s['broken_denoise_margin']}); a failed picture counts as neither erased nor kept. "
+            f"*Seen wording*: the same on the training template '{s['seen_wording']}', which the text SAE and its maps "
+            f"were fitted on: the mean of UA, IRA and CRA."
+            + (f" SAeUron: {g['settings_per_concept']} (tau, gamma) settings per concept chosen on validation seeds "
+               f"{s['validation_seeds']} in the seen wording. " if g else " ") + _calibrated(s)
+            + f" Run: {run['images']} images in {run['seconds']:.0f} s, {run['threads']} threads, {run['date']}.\n\n"
             + "\n".join(rows)
-            + f"\n\nSeveral concepts at once (UA / IRA / CRA, seeds {d['multi_concept']['seeds']}):\n\n" + "\n".join(multi)
-            + f"\n\nSequential erasure of the objects in the order {', '.join(d['sequential']['order'])} (UA over the erased "
-              f"ones / IRA over the rest / CRA):\n\n" + "\n".join(seq)
-            + f"\n\nParaphrased prompts (e.g. {'; '.join(repr(e) for e in d['paraphrases']['examples'])}): "
-              f"{para_text}:\n\n" + "\n".join(par)
+            + "\n\nSeveral concepts at once, test wordings (UA drawn / IRA / CRA, seed 0):\n\n" + "\n".join(multi)
+            + "\n\nSequential erasure of the objects in the order circle, square, triangle, cross, star, heart, test "
+              "wordings (UA drawn over the erased ones / IRA over the rest / CRA; seed 0):\n\n" + "\n".join(seq)
             + "\n\n![MiniCanvas benchmark](benchmarks/results/minicanvas.png)")
 
 
@@ -221,8 +185,7 @@ def _fill(path, jobs):
 
 
 def main():
-    _fill(os.path.join(REPO, "README.md"), (("overhead", overhead), ("training", training), ("minicanvas", minicanvas),
-                                            ("paraphrase_holdout", held_out), ("paraphrase_fresh", held_out)))
+    _fill(os.path.join(REPO, "README.md"), (("overhead", overhead), ("training", training), ("minicanvas", minicanvas)))
     _fill(os.path.join(REPO, "docs", "minicanvas.md"), (("ceilings", ceilings),))
 
 

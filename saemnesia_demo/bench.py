@@ -1,27 +1,39 @@
 """MiniCanvas erasure benchmark: UA / IRA / CRA for every object and style as the target.
 
-Definitions (UnlearnCanvas's, on MiniCanvas): for an erased object, UA = share of the images
-prompted with that object that the object classifier no longer calls it; IRA = object
-accuracy on the images of the other objects; CRA = style accuracy on all images (the style
-must survive the erasure). Styles the same way round. The answer set is all 36 prompts x the
-test seeds, sampled with the plain-torch DDIM sampler (15 steps by default, CFG 4), which matches the
-stock KSampler ddim/ddim_uniform on this model. Erasure runs the same `ConceptEraser` the
-ComfyUI node uses, hooked on the same transformer block, on both CFG halves.
+Definitions (UnlearnCanvas's, on MiniCanvas): for an erased object, UA = share of the pictures
+prompted with that object that the object classifier no longer calls it; IRA = object accuracy
+on the pictures of the other objects; CRA = style accuracy on all pictures (the style must
+survive the erasure). Styles the same way round. A picture that neither classifier is confident
+about, or that the edit broke (noise, blotches), is *broken*: it fails UA, IRA and CRA alike.
 
-Methods: no erasure; negative prompt (the concept's word in the negative prompt); SAeUron
-(unsupervised SAE, per-timestep latents, per-concept (tau, gamma) chosen on validation seeds);
-SAEmnesia (supervised SAE, the concept's one latent, the SAE's one calibrated multiplier);
-SAEmnesia + PER (the same latent as detector, detected positions replaced). Plus erasing 2
-and 4 concepts at once, sequential erasure of all objects, paraphrased prompts and an
-artifact rate.
+Split by wording, not by seed (text states do not depend on the seed): every method is measured
+on prompts from the `TEST` vocabulary (``vocabulary.py``), which nothing was trained, fitted,
+calibrated or chosen on: the headline. UA there counts the pictures whose unedited twin showed
+the target ("drawn and removed"), since the demo UNet, trained on one template, draws a concept
+from other wordings only some of the time; the unedited model's accuracy stands beside it. The
+training template ("a {object} in {style} style", which the text SAE and its maps were fitted
+on) is reported as the *seen* wording. Sampled with the plain-torch DDIM sampler (15 steps,
+CFG 4), which matches the stock KSampler ddim/ddim_uniform on this model; erasers are the ones
+the ComfyUI node uses, on the same hook points, on both CFG halves.
+
+Methods (one entry each in `METHODS`): no erasure; negative prompt; word filter (the concept's
+name and `TRAIN` synonyms replaced by its anchor's name: what a user can do without the pack);
+oracle (the prompt's own wording of the concept replaced by the anchor's name: the bound of any
+move to the anchor); SAeUron (unsupervised SAE, per-timestep latents, per-concept (tau, gamma)
+chosen on validation seeds and the training template); SAEmnesia (supervised SAE, one latent,
+one calibrated multiplier); SAEmnesia + PER (the latent as detector, detected positions
+replaced); SAEmnesia on the text states. Plus several concepts at once and in sequence, on test
+wordings too. Attacks (``attacks.py``) run as their own part.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -39,6 +51,7 @@ from .classifier import load_classifiers
 from .sampling import alphas_cumprod, ddim_sample
 from .text_encoder import encode_prompts
 from .unet import ldm_transformer_blocks, load_demo_unet
+from .vocabulary import TEST, TRAIN, word_filter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAE_DIR = os.path.join(REPO, "models", "sae")
@@ -59,17 +72,18 @@ CONFIDENT = 0.5  # artifact: neither classifier gives any class at least this pr
 NOISE_MARGIN = 4.0
 DENOISE_MARGIN = 0.06
 DENOISE_TIMESTEPS = (100, 250, 400)  # moderate noise: enough to judge structure, not only grain
-SCORING = ("v4: broken = noise level +4 or denoising error +0.06 over the unedited twin; "
-           "a broken picture fails UA, IRA and CRA")  # calibration scores are reused only if equal
+SCORING = ("v5: broken = neither classifier confident, or noise level +4 or denoising error +0.06 over "
+           "the unedited twin; a broken picture fails UA, IRA and CRA")  # calibration scores are reused only if equal
 DETECT_SCALES = [1.0, 0.0]  # replace mode: detect above the latent's mean / wherever active
 TAUS = [0.99, 0.999]  # with 512 latents: about the top 5 and the top 1 per timestep
 GAMMAS = [-2.0, -8.0, -30.0]
 GLOBAL_MULTIPLIERS = [-1.5, -5.0, -20.0, -50.0, -100.0, -200.0]
 CONTEXT_MULTIPLIERS = [0.0, -0.5, -1.5, -3.0]
-PARAPHRASE_OBJECTS = {"circle": "round disc", "square": "box", "triangle": "three-sided shape", "cross": "plus sign",
-                      "star": "five-pointed star", "heart": "love heart"}
-PARAPHRASE_STYLES = {"solid": "plain filled", "stripes": "striped", "dots": "polka dot", "checker": "checkerboard",
-                     "outline": "outlined", "gradient": "colour gradient"}
+TEST_WORDINGS = 4  # TEST wordings per (object, style) pair: its 3 name templates and 1 with synonyms
+# in the several-at-once and sequential parts, of each pair's TEST_WORDINGS: the first name template
+# and the wording with synonyms
+SEQUENCE_WORDINGS = (0, TEST_WORDINGS - 1)
+SECTIONS = ("test", "seen", "multi", "sequential")
 
 
 def validation_pairs(target: str) -> list[tuple[int, int]]:
@@ -85,12 +99,6 @@ def validation_pairs(target: str) -> list[tuple[int, int]]:
 
 def kind_of(concept: str) -> str:
     return "objects" if concept in data.OBJECTS else "styles"
-
-
-def paraphrase(obj: str, style: str, i: int) -> str:
-    """Other words and other word orders than the training template."""
-    o, s = PARAPHRASE_OBJECTS[obj], PARAPHRASE_STYLES[style]
-    return [f"{s} {o}", f"a picture of a {o}, {style} style", f"{style} style, a {obj}"][i % 3]
 
 
 def noise_level(images: torch.Tensor) -> torch.Tensor:
@@ -129,7 +137,13 @@ class Answers:
     pred_obj: torch.Tensor
     pred_style: torch.Tensor
     confident: torch.Tensor  # some classifier is sure of some class
-    broken: torch.Tensor  # the edit ruined the picture (noise, blotches): neither erased (UA) nor kept (IRA, CRA)
+    broken: torch.Tensor  # the edit ruined the picture (noise, blotches) compared with its unedited twin
+
+    @property
+    def failed(self) -> torch.Tensor:
+        """Pictures that count as neither erased (UA) nor kept (IRA, CRA): broken by the edit, or
+        so degenerate that no classifier is sure of anything (a blank picture is no erasure)."""
+        return self.broken | ~self.confident
 
     def metrics(self, targets: list[str]) -> dict:
         """UA over the targets' images; IRA over the other concepts of their kind; CRA on the other kind."""
@@ -137,10 +151,10 @@ class Answers:
         truth, pred, other_truth, other_pred, names = (
             (self.objs, self.pred_obj, self.styles, self.pred_style, data.OBJECTS) if kind == "objects"
             else (self.styles, self.pred_style, self.objs, self.pred_obj, data.STYLES))
-        pred, other_pred = pred.masked_fill(self.broken, -1), other_pred.masked_fill(self.broken, -1)
+        pred, other_pred = pred.masked_fill(self.failed, -1), other_pred.masked_fill(self.failed, -1)
         ids = torch.tensor([names.index(t) for t in targets])
         on = torch.isin(truth, ids)
-        erased = (pred != truth) & ~self.broken  # ruining the picture is not erasing the concept
+        erased = (pred != truth) & ~self.failed  # ruining the picture is not erasing the concept
         ua = float(erased[on].float().mean()) if on.any() else float("nan")
         ira = float((pred[~on] == truth[~on]).float().mean()) if (~on).any() else float("nan")
         cra = float((other_pred == other_truth).float().mean())
@@ -154,17 +168,14 @@ class Answers:
         truth, pred, names = ((self.objs, self.pred_obj, data.OBJECTS) if kind == "objects"
                               else (self.styles, self.pred_style, data.STYLES))
         on = torch.isin(truth, torch.tensor([names.index(t) for t in targets])) & drawn
-        erased = (pred != truth) & ~self.broken
+        erased = (pred != truth) & ~self.failed
         return {"UA_drawn": round(100 * float(erased[on].float().mean()), 2) if on.any() else float("nan"),
                 "drawn": int(on.sum())}
 
     @property
-    def artifacts(self) -> torch.Tensor:
-        return ~self.confident | self.broken
-
-    @property
     def artifact_rate(self) -> float:
-        return round(100 * float(self.artifacts.float().mean()), 2)
+        """Share of failed pictures: unconfident or broken, both counted."""
+        return round(100 * float(self.failed.float().mean()), 2)
 
 
 class Bench:
@@ -203,8 +214,12 @@ class Bench:
         return self.unet.get_submodule(self.blocks[block]).register_forward_hook(hook)
 
     @torch.no_grad()
-    def sample(self, prompts: list[str], seeds: list[int], edits=(), negative: str = "") -> torch.Tensor:
-        """edits: [(block, fn(h, timestep) -> h)], applied in order (stacked erasers)."""
+    def sample(self, prompts: list[str], seeds: list[int], edits=(), negative: str = "",
+               rewrite: Callable[[str], str] | None = None) -> torch.Tensor:
+        """edits: [(block, fn(h, timestep) -> h)], applied in order (stacked erasers); rewrite:
+        what the prompt text becomes before it is encoded (a user's edit of the prompt)."""
+        if rewrite is not None:
+            prompts = [rewrite(p) for p in prompts]
         handles = [self._hook(b, fn) for b, fn in edits if b != CONTEXT]
         self._context_edits = [fn for b, fn in edits if b == CONTEXT]
         t0 = time.perf_counter()
@@ -234,30 +249,76 @@ class Bench:
         """[n, 2]: noise_level and denoising_error of each picture."""
         return torch.stack([noise_level(images), denoising_error(self._eps, images, self.text([""]))], 1)
 
-    def unedited_quality(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
-        """quality() of the unedited samples of these (prompt, seed) rows, sampled once each."""
-        keys = list(zip(prompts, seeds))
+    def unedited(self, rows: list[tuple]) -> Answers:
+        """The unedited model's answers on these `(object, style, prompt, seed)` rows, each sampled
+        once and remembered (with its quality, the yardstick of `broken`)."""
+        keys = [(p, sd) for _, _, p, sd in rows]
         missing = list(dict.fromkeys(k for k in keys if k not in self._unedited))
         if missing:
             imgs = self.sample([p for p, _ in missing], [sd for _, sd in missing])
-            self._unedited.update(zip(missing, map(tuple, self.quality(imgs).tolist())))
-        return torch.tensor([self._unedited[k] for k in keys])
+            x = imgs.float().clamp(-1, 1)
+            po, ps = self.clf.object(x).softmax(1), self.clf.style(x).softmax(1)
+            for k, q, a, b in zip(missing, self.quality(imgs).tolist(), po, ps):
+                self._unedited[k] = {"quality": q, "pred_obj": int(a.argmax()), "pred_style": int(b.argmax()),
+                                     "confident": bool(a.max() >= CONFIDENT or b.max() >= CONFIDENT)}
+        got = [self._unedited[k] for k in keys]
+        return Answers(torch.tensor([o for o, _, _, _ in rows]), torch.tensor([s for _, s, _, _ in rows]),
+                       torch.tensor([g["pred_obj"] for g in got]), torch.tensor([g["pred_style"] for g in got]),
+                       torch.tensor([g["confident"] for g in got]), torch.zeros(len(rows), dtype=torch.bool))
 
-    def answer_set(self, seeds, pairs=None, edits=(), negative="", words=None) -> Answers:
-        """All prompts (or the given (object, style) index pairs) x seeds."""
-        pairs = pairs or [(o, s) for o in range(len(data.OBJECTS)) for s in range(len(data.STYLES))]
-        rows = [(o, s, seed) for seed in seeds for o, s in pairs]
-        prompts = [words(o, s, seed) if words else data.prompt_for(o, s) for o, s, seed in rows]
-        seed_list = [seed for _, _, seed in rows]
-        imgs = self.sample(prompts, seed_list, edits, negative)
-        quality = self.quality(imgs)
-        if edits or negative:
-            rise = quality - self.unedited_quality(prompts, seed_list)
-            broken = (rise[:, 0] > NOISE_MARGIN) | (rise[:, 1] > DENOISE_MARGIN)
-        else:
-            self._unedited.update(zip(zip(prompts, seed_list), map(tuple, quality.tolist())))
-            broken = None
-        return self.judge(imgs, [o for o, _, _ in rows], [s for _, s, _ in rows], broken)
+    def answer_rows(self, rows: list[tuple], plan: Plan | None = None) -> Answers:
+        """Answers on `(object, style, prompt, seed)` rows under a plan; a picture counts as broken
+        when its quality fell against the unedited twin (same prompt, same seed)."""
+        plan = plan or Plan()
+        base = self.unedited(rows)
+        if plan.is_empty:
+            return base
+        prompts, seeds = [p for _, _, p, _ in rows], [sd for _, _, _, sd in rows]
+        imgs = self.sample(prompts, seeds, plan.edits, plan.negative, plan.rewrite)
+        rise = self.quality(imgs) - torch.tensor([self._unedited[(p, sd)]["quality"] for p, sd in zip(prompts, seeds)])
+        broken = (rise[:, 0] > NOISE_MARGIN) | (rise[:, 1] > DENOISE_MARGIN)
+        return self.judge(imgs, base.objs, base.styles, broken)
+
+    def answer_set(self, seeds, pairs=None, edits=(), negative="") -> Answers:
+        """The training template ("a {object} in {style} style") on all prompts, or on the given
+        (object, style) index pairs, x seeds: the *seen* wording."""
+        return self.answer_rows(seen_rows(seeds, pairs), Plan(tuple(edits), negative))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a method does to a sampling run: edits on hook points, a negative prompt, a rewrite
+    of the prompt text."""
+    edits: tuple = ()
+    negative: str = ""
+    rewrite: Callable[[str], str] | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.edits and not self.negative and self.rewrite is None
+
+
+def all_pairs() -> list[tuple[int, int]]:
+    return [(o, s) for o in range(len(data.OBJECTS)) for s in range(len(data.STYLES))]
+
+
+def seen_rows(seeds, pairs=None) -> list[tuple]:
+    """`(object, style, prompt, seed)` rows in the training template."""
+    return [(o, s, data.prompt_for(o, s), seed) for seed in seeds for o, s in (pairs or all_pairs())]
+
+
+def unseen_rows(seeds, pairs=None, pick: tuple[int, ...] | None = None) -> list[tuple]:
+    """`(object, style, prompt, seed)` rows in `TEST` wordings (the same wordings for every seed):
+    each pair's TEST_WORDINGS, or those of them at the `pick` positions."""
+    def wordings(o, s):
+        ws = TEST.prompts_for(data.OBJECTS[o], data.STYLES[s], TEST_WORDINGS, seed=0)
+        return ws if pick is None else [ws[i] for i in pick]
+    return [(o, s, p, seed) for seed in seeds for o, s in (pairs or all_pairs()) for p in wordings(o, s)]
+
+
+def pairs_for(targets) -> list[tuple[int, int]]:
+    """Every target's validation pairs (its 6 prompts, one of each neighbour), in order, once."""
+    return list(dict.fromkeys(p for t in targets for p in validation_pairs(t)))
 
 
 # --- methods: each returns the (block, fn) edits for a set of target concepts ------------------
@@ -291,9 +352,52 @@ class Methods:
             edits.append((s.info.hook_point, ConceptEraser(s.sae, c["index"], [t], mode="ablate", multiplier=c["gamma"])))
         return edits
 
-    @staticmethod
-    def negative(targets):
-        return ", ".join(targets)
+    def anchor(self, concept: str, avoid=()) -> str:
+        """Where a rewrite sends the concept: the text SAE's anchor for it (the same the SAE
+        methods move to), or the next concept of its kind; never a concept also being erased."""
+        names = data.OBJECTS if kind_of(concept) == "objects" else data.STYLES
+        first = None
+        if self.context_sae is not None:
+            c = self.context_sae.blocks[0].index.concepts.get(concept)
+            first = c.anchor if c is not None else None
+        order = ([first] if first else []) + [names[(names.index(concept) + k) % len(names)] for k in range(1, len(names))]
+        return next(a for a in order if a not in avoid and a != concept)
+
+    def word_filter(self, targets):
+        """What a user can do without the pack: the name and its TRAIN synonyms -> the anchor's name."""
+        swaps = [(t, self.anchor(t, targets)) for t in targets]
+
+        def rewrite(prompt: str) -> str:
+            for t, a in swaps:
+                prompt = word_filter(prompt, t, a)
+            return prompt
+        return rewrite
+
+    def oracle(self, targets):
+        """The prompt rewritten by hand: whatever TEST or TRAIN words name the concept -> the anchor's name."""
+        swaps = [(t, self.anchor(t, targets)) for t in targets]
+
+        def rewrite(prompt: str) -> str:
+            for t, a in swaps:
+                for w in sorted({*TRAIN.wordings(t), *TEST.wordings(t)}, key=len, reverse=True):
+                    prompt = re.sub(rf"(?<![a-z]){re.escape(w)}(?![a-z])", a, prompt, flags=re.IGNORECASE)
+            return prompt
+        return rewrite
+
+
+# One entry per method: key -> (what it is, plan for a set of targets). A method is one line here.
+METHODS: dict[str, tuple[str, Callable[[Methods, list], Plan]]] = {
+    "none": ("no erasure", lambda m, ts: Plan()),
+    "negative_prompt": ("negative prompt", lambda m, ts: Plan(negative=", ".join(ts))),
+    "word_filter": ("word filter (name and TRAIN synonyms -> anchor name)", lambda m, ts: Plan(rewrite=m.word_filter(ts))),
+    "oracle": ("oracle (the prompt rewritten by hand to name the anchor)", lambda m, ts: Plan(rewrite=m.oracle(ts))),
+    "saeuron": ("SAeUron (per-concept grid search)", lambda m, ts: Plan(tuple(m.saeuron(ts)))),
+    "saemnesia": ("SAEmnesia (one latent, one multiplier)", lambda m, ts: Plan(tuple(m.saemnesia(ts)))),
+    "saemnesia_per": ("SAEmnesia + PER (detect and replace)", lambda m, ts: Plan(tuple(m.per(ts)))),
+    "saemnesia_context": ("SAEmnesia on the text states, all 7 blocks (one latent detects, a handover map to the anchor)",
+                          lambda m, ts: Plan(tuple(m.context(ts)))),
+}
+SEQUENTIAL_METHODS = ("word_filter", "saemnesia_per", "saemnesia_context")
 
 
 def unsupervised_indexes(bench: Bench, loaded, seeds, taus) -> dict:
@@ -417,6 +521,29 @@ def calibrate_shipped(path: str, kinds, threads: int = 1):
           f"default mode {result['default_mode']}", flush=True)
 
 
+def shows(answers: Answers, target: str) -> torch.Tensor:
+    """Per row: the picture shows the target (the classifier of its kind names it, confidently)."""
+    truth, pred = (answers.objs, answers.pred_obj) if kind_of(target) == "objects" else (answers.styles, answers.pred_style)
+    return (pred == truth) & ~answers.failed
+
+
+def record(section: str, method: str, targets: list[str], answers: Answers, drawn=None, **extra) -> dict:
+    """One measurement: a method erasing these targets on one set of rows."""
+    rec = {"section": section, "method": method, "targets": list(targets), **answers.metrics(targets),
+           "pictures": len(answers.objs), "failed": int(answers.failed.sum()), **extra}
+    if drawn is not None:
+        rec.update(answers.drawn_metrics(targets, drawn))
+        rec["avg_drawn"] = round((rec["UA_drawn"] + rec["IRA"] + rec["CRA"]) / 3, 2)
+    return rec
+
+
+def accuracy(answers: Answers) -> dict:
+    ok = ~answers.failed
+    return {"object_acc": round(100 * float(((answers.pred_obj == answers.objs) & ok).float().mean()), 2),
+            "style_acc": round(100 * float(((answers.pred_style == answers.styles) & ok).float().mean()), 2),
+            "failed_rate": answers.artifact_rate, "pictures": len(answers.objs)}
+
+
 def run(args) -> dict:
     log = print if not args.quiet else (lambda *a: None)
     bench = Bench(threads=args.threads, batch=args.batch, steps=args.steps)
@@ -425,98 +552,87 @@ def run(args) -> dict:
     context_path = os.path.join(args.sae_dir, CONTEXT_SAE + ".safetensors")
     methods = Methods(bench, saes, context_sae=load_sae(context_path) if os.path.isfile(context_path) else None)
     targets = [t for t in (list(data.OBJECTS) + list(data.STYLES)) if not args.targets or t in args.targets]
-    seeds = list(range(args.seeds))
+    names = [n for n in METHODS if (n != "saemnesia_context" or methods.context_sae is not None)
+             and (not args.methods or n in args.methods or n == "none")]
+    seeds, sections = list(range(args.seeds)), list(args.sections)
     t_start = time.perf_counter()
     out = {"settings": {"test_seeds": seeds, "validation_seeds": VALIDATION_SEEDS, "steps": bench.steps,
                         "cfg": bench.cfg, "sampler": "DDIM (eta 0), SD1 schedule; = KSampler ddim/ddim_uniform",
-                        "answer_set": f"36 prompts x {len(seeds)} seeds", "artifact_confidence": CONFIDENT,
+                        "test_wordings": {"per_pair": TEST_WORDINGS, "vocabulary": "TEST (saemnesia_demo/vocabulary.py)",
+                                          "examples": TEST.prompts_for("star", "stripes", TEST_WORDINGS, seed=0),
+                                          "multi_and_sequential": f"wordings {list(SEQUENCE_WORDINGS)} of each pair, seed 0"},
+                        "seen_wording": TEMPLATE, "rows_per_target": "its 6 pairs + one pair of each other concept of its kind",
+                        "sections": sections, "artifact_confidence": CONFIDENT, "scoring": SCORING,
                         "broken_noise_margin": NOISE_MARGIN, "broken_denoise_margin": DENOISE_MARGIN,
+                        "methods": {n: METHODS[n][0] for n in names},
                         "saes": {k: {m: {"file": os.path.basename(s.info.source), "block": s.info.hook_point,
                                          "latents": s.sae.n_latents, "k": s.sae.k,
                                          "default_multiplier": s.index.default_multiplier,
                                          "detect_scale": s.index.detect_scale}
                                      for m, s in v.items()} for k, v in saes.items()}},
-           "methods": {}}
-
-    base = bench.answer_set(seeds)
-    out["demo_model"] = {"object_acc": round(100 * float((base.pred_obj == base.objs).float().mean()), 2),
-                         "style_acc": round(100 * float((base.pred_style == base.styles).float().mean()), 2),
-                         "artifact_rate": base.artifact_rate}
-    out["methods"]["none"] = {"targets": {t: base.metrics([t]) for t in targets}, "artifact_rate": base.artifact_rate}
-    log(f"demo model: {out['demo_model']}")
-
-    out["saeuron_search"] = grid_search_saeuron(bench, methods, targets, VALIDATION_SEEDS, log, args.taus, args.gammas)
-    plans = {
-        "negative_prompt": lambda ts: {"negative": methods.negative(ts)},
-        "saeuron": lambda ts: {"edits": methods.saeuron(ts)},
-        "saemnesia": lambda ts: {"edits": methods.saemnesia(ts)},
-        "saemnesia_per": lambda ts: {"edits": methods.per(ts)},
-    }
+           "records": []}
     if methods.context_sae is not None:
-        plans["saemnesia_context"] = lambda ts: {"edits": methods.context(ts)}
         out["settings"]["context_sae"] = {"file": CONTEXT_SAE + ".safetensors", "latents": methods.context_sae.sae.n_latents,
                                           "k": methods.context_sae.sae.k,
                                           "default_multiplier": methods.context_sae.index.default_multiplier}
-    for name, plan in plans.items():
-        per_target, confident = {}, []
+    out["demo_model"] = {"test": accuracy(bench.unedited(unseen_rows(seeds))),
+                         "seen": accuracy(bench.unedited(seen_rows(seeds)))}
+    log(f"demo model: {out['demo_model']}")
+    if "saeuron" in names:
+        out["saeuron_search"] = grid_search_saeuron(bench, methods, targets, VALIDATION_SEEDS, log, args.taus, args.gammas)
+
+    def measure(section, name, ts, rows, **extra):
+        answers = bench.answer_rows(rows, METHODS[name][1](methods, list(ts)))
+        base = bench.unedited(rows)
+        drawn = torch.stack([shows(base, t) for t in ts]).any(0)
+        rec = record(section, name, ts, answers, drawn, **extra)
+        out["records"].append(rec)
+        log(f"{section:10s} {name:17s} {'+'.join(ts):12s} " + " ".join(
+            f"{k} {rec[k]}" for k in ("UA", "UA_drawn", "drawn", "IRA", "CRA", "failed")))
+
+    for name in names:
         for t in targets:
-            a = bench.answer_set(seeds, **plan([t]))
-            per_target[t] = a.metrics([t])
-            confident.append(a.confident)
-            log(f"{name:16s} {t:9s} {per_target[t]}")
-        out["methods"][name] = {"targets": per_target,
-                                "artifact_rate": round(100 * float((~torch.cat(confident)).float().mean()), 2)}
-    for name, m in out["methods"].items():
-        m["summary"] = summarize(m["targets"])
-
-    extra_seeds = seeds[:1]
-    groups = {"objects_2": ["star", "heart"], "objects_4": ["star", "heart", "cross", "circle"],
-              "styles_2": ["stripes", "dots"], "styles_4": ["stripes", "dots", "checker", "solid"]}
-    out["multi_concept"] = {"seeds": extra_seeds, "results": {}}
-    for g, ts in groups.items():
-        if not all(t in targets for t in ts):
-            continue
-        for name, plan in plans.items():
-            m = bench.answer_set(extra_seeds, **plan(ts)).metrics(ts)
-            out["multi_concept"]["results"].setdefault(g, {})[name] = m
-            log(f"multi {g} {name}: {m}")
-
+            if "test" in sections:
+                measure("test", name, [t], unseen_rows(seeds, validation_pairs(t)))
+            if "seen" in sections:
+                measure("seen", name, [t], seen_rows(seeds, validation_pairs(t)))
+    if "multi" in sections:
+        groups = {"objects_2": ["star", "heart"], "objects_4": ["star", "heart", "cross", "circle"],
+                  "styles_2": ["stripes", "dots"], "styles_4": ["stripes", "dots", "checker", "solid"]}
+        for g, ts in groups.items():
+            if all(t in targets for t in ts):
+                for name in names:
+                    measure("multi", name, ts, unseen_rows(seeds[:1], pairs_for(ts), SEQUENCE_WORDINGS), group=g)
     objects = [t for t in data.OBJECTS if t in targets]
-    out["sequential"] = {"seeds": extra_seeds, "order": objects, "results": {}}
-    for name in [n for n in ("saemnesia", "saemnesia_per", "saemnesia_context") if n in plans]:
-        steps = []
-        for n in range(1, len(objects) + 1 if len(objects) > 1 else 0):
-            erased = objects[:n]
-            m = bench.answer_set(extra_seeds, **plans[name](erased)).metrics(erased)
-            steps.append({"erased": n, **m})
-            log(f"sequential {name} {n}: {m}")
-        out["sequential"]["results"][name] = steps
-
-    # paraphrases: other words and word orders than any prompt the SAEs were trained or calibrated on.
-    # Per target, its 6 prompts and one prompt of each other concept of its kind, reworded. UA counts
-    # only pictures whose unedited twin shows the target ("drawn and removed"): a reworded prompt the
-    # model does not draw is no test of erasure. IRA/CRA as in the main table, on the reworded prompts.
-    out["paraphrases"] = {"seeds": extra_seeds, "examples": [paraphrase("star", "stripes", i) for i in range(3)],
-                          "UA": {}, "results": {}}
-    words = lambda o, s, seed: paraphrase(data.OBJECTS[o], data.STYLES[s], o + s)  # noqa: E731
-    drawn = {}
-    for name, plan in {"none": lambda ts: {}, **plans}.items():
-        per_target = {}
-        for t in targets:
-            a = bench.answer_set(extra_seeds, pairs=validation_pairs(t), words=words, **plan([t]))
-            if name == "none":
-                truth, pred = (a.objs, a.pred_obj) if kind_of(t) == "objects" else (a.styles, a.pred_style)
-                drawn[t] = pred == truth
-            per_target[t] = {**a.metrics([t]), **a.drawn_metrics([t], drawn[t])}
-        out["paraphrases"]["results"][name] = {"targets": per_target, "summary": summarize_paraphrases(per_target)}
-        out["paraphrases"]["UA"][name] = {"targets": {t: m["UA"] for t, m in per_target.items()},
-                                          **{k: _mean([m["UA"] for t, m in per_target.items() if kind_of(t) == k])
-                                             for k in ("objects", "styles")}}
-        log(f"paraphrases {name}: {out['paraphrases']['results'][name]['summary']}")
-
+    if "sequential" in sections and len(objects) > 1:
+        for name in [n for n in SEQUENTIAL_METHODS if n in names]:
+            for n in range(1, len(objects) + 1):
+                measure("sequential", name, objects[:n], unseen_rows(seeds[:1], all_pairs(), SEQUENCE_WORDINGS), step=n)
     out["run"] = {"images": bench.images, "sampling_seconds": round(bench.seconds, 1),
                   "seconds": round(time.perf_counter() - t_start, 1), "threads": args.threads,
                   "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return views(out)
+
+
+def views(out: dict) -> dict:
+    """The tables derived from the records (run and merge both end here): per section, method and
+    target the record, and per kind the means; the multi-concept and sequential parts by group."""
+    recs = out["records"]
+    for section in ("test", "seen"):
+        table = {}
+        for r in (r for r in recs if r["section"] == section):
+            table.setdefault(r["method"], {"targets": {}})["targets"][r["targets"][0]] = r
+        for m in table.values():
+            m["summary"] = summarize(m["targets"])
+            rows = list(m["targets"].values())
+            m["failed_rate"] = round(100 * sum(r["failed"] for r in rows) / max(1, sum(r["pictures"] for r in rows)), 2)
+        out[section] = table
+    out["multi"] = {}
+    for r in (r for r in recs if r["section"] == "multi"):
+        out["multi"].setdefault(r["group"], {})[r["method"]] = r
+    out["sequential"] = {}
+    for r in sorted((r for r in recs if r["section"] == "sequential"), key=lambda r: r["step"]):
+        out["sequential"].setdefault(r["method"], []).append(r)
     return out
 
 
@@ -551,39 +667,18 @@ def run_split(args, argv: list[str]) -> dict:
 
 
 def merge(parts: list[dict]) -> dict:
-    out = json.loads(json.dumps(parts[0]))
-    for p in parts[1:]:
-        for name, m in p["methods"].items():
-            out["methods"][name]["targets"].update(m["targets"])
-            n0, n1 = len(out["methods"][name]["targets"]) - len(m["targets"]), len(m["targets"])
-            out["methods"][name]["artifact_rate"] = round(
-                (out["methods"][name]["artifact_rate"] * n0 + m["artifact_rate"] * n1) / (n0 + n1), 2)
-        out["saeuron_search"]["settings_evaluated"] += p["saeuron_search"]["settings_evaluated"]
-        out["saeuron_search"]["chosen"].update(p["saeuron_search"]["chosen"])
-        out["multi_concept"]["results"].update(p["multi_concept"]["results"])
-        for name, steps in p["sequential"]["results"].items():
-            if steps:
-                out["sequential"]["results"][name] = steps
-        if p["sequential"]["order"]:
-            out["sequential"]["order"] = p["sequential"]["order"]
-        for name, v in p["paraphrases"].get("results", {}).items():
-            o = out["paraphrases"]["results"].setdefault(name, {"targets": {}})
-            o["targets"].update(v["targets"])
-            o["summary"] = summarize_paraphrases(o["targets"])
-        for name, v in p["paraphrases"]["UA"].items():
-            o = out["paraphrases"]["UA"][name]
-            o["targets"].update(v["targets"])
-            for kind in ("objects", "styles"):
-                if v[kind] is not None and v[kind] == v[kind]:  # not NaN/null
-                    o[kind] = v[kind]
-        out["run"]["images"] += p["run"]["images"]
-        out["run"]["sampling_seconds"] = round(out["run"]["sampling_seconds"] + p["run"]["sampling_seconds"], 1)
-        out["run"]["seconds"] = max(out["run"]["seconds"], p["run"]["seconds"])
+    """Runs on disjoint targets as one: their records joined, their counts added."""
+    out = {k: json.loads(json.dumps(v)) for k, v in parts[0].items() if k in ("settings", "demo_model", "run")}
+    out["records"] = [r for p in parts for r in p["records"]]
+    searches = [p["saeuron_search"] for p in parts if "saeuron_search" in p]
+    if searches:
+        out["saeuron_search"] = {**searches[0], "settings_evaluated": sum(s["settings_evaluated"] for s in searches),
+                                 "chosen": {t: c for s in searches for t, c in s["chosen"].items()}}
+    out["run"]["images"] = sum(p["run"]["images"] for p in parts)
+    out["run"]["sampling_seconds"] = round(sum(p["run"]["sampling_seconds"] for p in parts), 1)
+    out["run"]["seconds"] = max(p["run"]["seconds"] for p in parts)
     out["run"]["threads"] = f"{len(parts)} processes x 1"
-    out["demo_model"]["note"] = "from the first worker's answer set (each worker samples the same one)"
-    for m in out["methods"].values():
-        m["summary"] = summarize(m["targets"])
-    return out
+    return views(out)
 
 
 def _no_nan(obj):
@@ -602,47 +697,41 @@ def _mean(xs):
     return round(sum(xs) / len(xs), 2) if xs else float("nan")
 
 
-def summarize_paraphrases(per_target: dict) -> dict:
-    out = {}
-    for kind in ("objects", "styles"):
-        rows = [m for t, m in per_target.items() if kind_of(t) == kind]
-        if rows:
-            out[kind] = {k: _mean([r[k] for r in rows]) for k in ("UA", "UA_drawn", "IRA", "CRA", "avg")}
-            out[kind]["drawn"] = sum(r["drawn"] for r in rows)
-    return out
-
-
 def summarize(per_target: dict) -> dict:
+    """Per kind, the mean over its targets of each metric the records hold (drawn: a sum)."""
     out = {}
     for kind in ("objects", "styles"):
         rows = [m for t, m in per_target.items() if kind_of(t) == kind]
         if rows:
-            out[kind] = {k: _mean([r[k] for r in rows]) for k in ("UA", "IRA", "CRA", "avg")}
+            keys = [k for k in ("UA", "UA_drawn", "IRA", "CRA", "avg", "avg_drawn") if k in rows[0]]
+            out[kind] = {k: _mean([r[k] for r in rows]) for k in keys}
+            if "drawn" in rows[0]:
+                out[kind]["drawn"] = sum(r["drawn"] for r in rows)
     return out
 
 
 def plot(results: dict, path: str):
     from PIL import Image, ImageDraw
-    methods = list(results["methods"])
+    methods = list(results["test"])
     kinds = ["objects", "styles"]
-    w, h, pad = 760, 300, 40
+    w, h, pad = 1200, 300, 40
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
-    colors = {"UA": (200, 60, 60), "IRA": (60, 120, 200), "CRA": (60, 160, 90), "avg": (60, 60, 60)}
+    colors = {"UA_drawn": (200, 60, 60), "IRA": (60, 120, 200), "CRA": (60, 160, 90), "avg_drawn": (60, 60, 60)}
     group_w = (w - 2 * pad) / (len(methods) * len(kinds))
     bar_w = group_w / 5
     for gi, (kind, m) in enumerate((k, m) for k in kinds for m in methods):
-        s = results["methods"][m]["summary"].get(kind)
+        s = results["test"][m]["summary"].get(kind)
         x0 = pad + gi * group_w
-        for bi, key in enumerate(("UA", "IRA", "CRA", "avg")):
+        for bi, key in enumerate(("UA_drawn", "IRA", "CRA", "avg_drawn")):
             v = s[key] if s else 0
             top = h - pad - (h - 2 * pad) * v / 100
             d.rectangle([x0 + bi * bar_w, top, x0 + (bi + 1) * bar_w - 1, h - pad], fill=colors[key])
-        d.text((x0, h - pad + 4), m.replace("saemnesia", "SAEm").replace("negative_prompt", "neg")[:11], fill="black")
+        d.text((x0, h - pad + 4), m.replace("saemnesia", "SAEm").replace("negative_prompt", "neg")[:9], fill="black")
         d.text((x0, h - pad + 16), kind, fill="gray")
     for i, key in enumerate(colors):
-        d.rectangle([pad + i * 70, 8, pad + i * 70 + 10, 18], fill=colors[key])
-        d.text((pad + i * 70 + 14, 7), key, fill="black")
+        d.rectangle([pad + i * 90, 8, pad + i * 90 + 10, 18], fill=colors[key])
+        d.text((pad + i * 90 + 14, 7), key, fill="black")
     d.line([pad, pad, pad, h - pad], fill="black")
     d.text((4, pad - 6), "100", fill="black")
     d.text((12, h - pad - 6), "0", fill="black")
@@ -683,6 +772,9 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "minicanvas.json"))
     ap.add_argument("--plot", default=os.path.join(REPO, "benchmarks", "results", "minicanvas.png"))
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--methods", nargs="*", choices=list(METHODS), help="limit to these methods (no erasure always runs)")
+    ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                    help="test wordings, seen wording, several at once, in sequence (default: all)")
     ap.add_argument("--workers", type=int, default=1,
                     help="2: objects and styles in two processes (one thread each), merged into one result")
     ap.add_argument("--merge", nargs="+", metavar="PART.json", help="merge results of runs on disjoint targets")

@@ -137,17 +137,10 @@ TEST = Vocabulary(
 VOCABULARIES = {"train": TRAIN, "test": TEST}
 
 
-def test_prompts(per_pair: int = 6, seed: int = 0) -> list[tuple[int, int, str]]:
-    """The benchmark's test prompts: `(object index, style index, prompt)`, `per_pair` wordings
-    of every pair from `TEST`, objects major."""
+def prompts_of(vocabulary: Vocabulary, per_pair: int, seed: int = 0) -> list[tuple[int, int, str]]:
+    """`(object index, style index, prompt)`: `per_pair` wordings of every pair, objects major."""
     return [(o, s, p) for o, obj in enumerate(OBJECTS) for s, style in enumerate(STYLES)
-            for p in TEST.prompts_for(obj, style, per_pair, seed)]
-
-
-def train_prompts(per_pair: int, seed: int) -> list[tuple[int, int, str]]:
-    """Prompts from `TRAIN` (for fitting, calibration and validation), as `test_prompts`."""
-    return [(o, s, p) for o, obj in enumerate(OBJECTS) for s, style in enumerate(STYLES)
-            for p in TRAIN.prompts_for(obj, style, per_pair, seed)]
+            for p in vocabulary.prompts_for(obj, style, per_pair, seed)]
 
 
 def word_filter(prompt: str, concept: str, anchor: str) -> str:

@@ -29,6 +29,8 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from saemnesia_demo.vocabulary import TRAIN  # noqa: E402
+
 OBJECTS = "circle, square, triangle, cross, star, heart"
 STYLES = "solid, stripes, dots, checker, outline, gradient"
 SPECS = {  # name: (hook point(s), supervised)
@@ -40,28 +42,11 @@ SPECS = {  # name: (hook point(s), supervised)
     # objects and styles alike (see docs/minicanvas.md, "Where concepts live")
     "minicanvas_context_saemnesia": ("context", True),
 }
-# Other words for each concept, for the text SAE. The demo model's text encoder (MiniLM) gives a
-# word and its synonyms nearby states, but a latent trained on one word per concept learns that
-# word: on "round shape" the circle latent stayed silent. Trained on many wordings, it learns the
-# concept. None of these words, and none of the carrier sentences below, is used by the
-# benchmark's paraphrase test (saemnesia_demo/bench.py, PARAPHRASE_*) or by the held-out test
-# (benchmarks/paraphrase_holdout.py, HOLDOUT_* and FRESH_*); tests/test_minicanvas_bench.py checks that.
-SYNONYMS = {
-    "circle": ["ring", "oval", "orb", "ball", "sphere", "hoop", "wheel", "coin", "circular form", "loop"],
-    "square": ["cube", "quadrilateral", "rectangle", "tile", "crate", "brick", "squared form", "panel"],
-    "triangle": ["wedge", "cone", "delta", "arrowhead", "triangular form", "prism", "tri-angle"],
-    "cross": ["crucifix", "cruciform", "crossed bars", "addition mark", "intersection", "swiss cross"],
-    "star": ["starfish", "pentagram", "stellar form", "twinkle", "sheriff badge", "asterisk"],
-    "heart": ["valentine", "cardioid", "heart emblem", "romance emblem", "sweetheart"],
-    "solid": ["uniform hue", "monochrome", "single hue", "opaque", "unpatterned", "one tone", "painted"],
-    "stripes": ["banded", "bands", "zebra", "pinstriped", "barred"],
-    "dots": ["spotted", "spots", "speckled", "freckled", "confetti", "pointillist"],
-    "checker": ["checked", "chessboard", "gingham", "harlequin", "draughtboard"],
-    "outline": ["contour", "hollow", "wireframe", "sketch", "stroked", "edges only", "unfilled"],
-    "gradient": ["ombre", "fade", "blended", "rainbow fade", "two-tone blend", "shaded"],
-}
-CARRIERS = ["a {o} in {s} style", "a graphic of a {o} with {s}", "{o}, {s}", "a {s} {o} icon",
-            "the {o}, rendered {s}", "{o} in {s}", "an image of a {o}, {s} finish", "{s} style {o}"]
+# The text SAE's other words for each concept and its carrier sentences are the TRAIN vocabulary
+# (saemnesia_demo/vocabulary.py): the MiniLM text encoder gives a word and its synonyms nearby
+# states, but a latent trained on one word per concept learns that word (on "round shape" the
+# circle latent stayed silent). The benchmark tests on the TEST vocabulary, which shares no word
+# with these; tests/test_minicanvas_vocabulary.py checks the shipped files' recorded prompts.
 
 
 def synonym_lines(per_pair: int = 4, seed: int = 0) -> str:
@@ -75,9 +60,9 @@ def synonym_lines(per_pair: int = 4, seed: int = 0) -> str:
     for obj in split_list(OBJECTS):
         for style in split_list(STYLES):
             for _ in range(per_pair):
-                o = rng.choice([obj] + SYNONYMS[obj])
-                s = rng.choice([style] + SYNONYMS[style])
-                lines.append(f"{obj}, {style}: " + rng.choice(CARRIERS).format(o=o, s=s))
+                o = rng.choice(TRAIN.wordings(obj))
+                s = rng.choice(TRAIN.wordings(style))
+                lines.append(f"{obj}, {style}: " + rng.choice(TRAIN.carriers).format(object=o, style=s))
     return "\n".join(lines)
 
 
@@ -85,8 +70,7 @@ def synonym_lines(per_pair: int = 4, seed: int = 0) -> str:
 # gets several wordings of the labelled prompts, and the synonyms above.
 OVERRIDES = {
     "minicanvas_context_saemnesia": dict(
-        templates="\n".join(["a {object} in {style} style", "a {style} style {object}", "{object}, {style}",
-                             "an image of a {object} in {style} style", "a {object} drawn in {style} style"]),
+        templates="\n".join(TRAIN.name_templates),
         labelled_prompts=synonym_lines(), expansion=4, k=16, train_steps=1500, batch_size=512),
 }
 NODE_SETTINGS = dict(templates="a {object} in {style} style", labelled_prompts="", steps=25, cfg=4.0,

@@ -5,26 +5,29 @@ import torch
 from saemnesia_demo import data
 from saemnesia_demo.bench import (
     DENOISE_MARGIN,
+    METHODS,
     NOISE_MARGIN,
     Answers,
+    Methods,
     denoising_error,
     merge,
     noise_level,
-    paraphrase,
+    record,
     summarize,
+    unseen_rows,
     validation_pairs,
 )
 from saemnesia_demo.text_encoder import encode_prompts
 from saemnesia_demo.unet import load_demo_unet
 
 
-def answers(pred_obj, pred_style, broken=None):
+def answers(pred_obj, pred_style, broken=None, confident=None):
     pairs = [(o, s) for o in range(6) for s in range(6)]
     objs = torch.tensor([o for o, _ in pairs])
     styles = torch.tensor([s for _, s in pairs])
     broken = torch.zeros(36, dtype=torch.bool) if broken is None else broken(objs, styles)
-    return Answers(objs, styles, pred_obj(objs, styles), pred_style(objs, styles), torch.ones(36, dtype=torch.bool),
-                   broken)
+    confident = torch.ones(36, dtype=torch.bool) if confident is None else confident(objs, styles)
+    return Answers(objs, styles, pred_obj(objs, styles), pred_style(objs, styles), confident, broken)
 
 
 def test_a_picture_drowned_in_noise_fails_every_metric():
@@ -82,40 +85,68 @@ def test_validation_pairs_hold_the_target_and_each_neighbour():
         assert sum(p[idx] == names.index(t) for p in pairs) == 6
 
 
-def test_paraphrases_change_words_or_order():
-    for o in data.OBJECTS:
-        for s in data.STYLES:
-            for i in range(3):
-                p = paraphrase(o, s, i)
-                assert p != data.prompt_for(data.OBJECTS.index(o), data.STYLES.index(s))
+def test_a_picture_no_classifier_is_sure_of_is_no_erasure():
+    """A blank or background-only picture names no class: it must fail UA like a broken one,
+    and count in the artifact rate."""
+    star = data.OBJECTS.index("star")
+    # every star picture comes out blank: the classifiers still argmax some other class, unsure
+    blank = answers(lambda o, s: torch.where(o == star, 0, o), lambda o, s: s, confident=lambda o, s: o != star)
+    m = blank.metrics(["star"])
+    assert m["UA"] == 0.0 and m["CRA"] == round(100 * 30 / 36, 2)
+    assert blank.artifact_rate == round(100 * 6 / 36, 2)
+    clean = answers(lambda o, s: torch.where(o == star, 0, o), lambda o, s: s).metrics(["star"])
+    assert clean["UA"] == 100.0
 
 
-def test_merged_worker_results_have_both_kinds():
-    def part(targets, kind):
-        m = {t: {"UA": 50.0, "IRA": 90.0, "CRA": 80.0, "avg": 73.33} for t in targets}
-        return {"methods": {"none": {"targets": m, "artifact_rate": 1.0 if kind == "objects" else 3.0}},
-                "saeuron_search": {"settings_evaluated": 6, "chosen": {t: {} for t in targets}},
-                "multi_concept": {"results": {kind + "_2": {}}},
-                "sequential": {"order": list(data.OBJECTS) if kind == "objects" else [],
-                               "results": {"saemnesia": [{}] if kind == "objects" else []}},
-                "paraphrases": {"UA": {"none": {"targets": {t: 0.0 for t in targets},
-                                                "objects": 1.0 if kind == "objects" else None,
-                                                "styles": 2.0 if kind == "styles" else None}},
-                                "results": {"none": {"targets": {t: {"UA": 10.0, "UA_drawn": 20.0, "drawn": 3,
-                                                                     "IRA": 90.0, "CRA": 80.0, "avg": 60.0}
-                                                                 for t in targets}}}},
-                "run": {"images": 10, "sampling_seconds": 1.0, "seconds": 2.0}, "demo_model": {}}
-    out = merge([part(data.OBJECTS, "objects"), part(data.STYLES, "styles")])
-    assert set(out["methods"]["none"]["targets"]) == set(data.OBJECTS + data.STYLES)
-    assert out["methods"]["none"]["artifact_rate"] == 2.0
-    assert out["methods"]["none"]["summary"] == summarize(out["methods"]["none"]["targets"])
-    assert set(out["methods"]["none"]["summary"]) == {"objects", "styles"}
-    assert out["saeuron_search"]["settings_evaluated"] == 12
-    assert out["sequential"]["order"] == list(data.OBJECTS) and out["sequential"]["results"]["saemnesia"]
-    assert out["paraphrases"]["UA"]["none"]["objects"] == 1.0 and out["paraphrases"]["UA"]["none"]["styles"] == 2.0
-    assert out["run"]["images"] == 20
-    para = out["paraphrases"]["results"]["none"]["summary"]
-    assert para["objects"]["UA_drawn"] == 20.0 and para["styles"]["drawn"] == 18
+def rec(section, method, target, ua):
+    a = answers(lambda o, s: o, lambda o, s: s)
+    drawn = torch.ones(36, dtype=torch.bool)
+    r = record(section, method, [target], a, drawn)
+    r.update(UA=ua, UA_drawn=ua)
+    return r
+
+
+def test_merged_worker_results_are_the_union_of_their_records():
+    objects = {"records": [rec("test", "none", t, 0.0) for t in data.OBJECTS]
+               + [rec("test", "word_filter", t, 50.0) for t in data.OBJECTS]
+               + [{**rec("sequential", "word_filter", "star", 10.0), "step": 1}],
+               "saeuron_search": {"settings_evaluated": 6, "chosen": {t: {} for t in data.OBJECTS}},
+               "run": {"images": 10, "sampling_seconds": 1.0, "seconds": 2.0}, "demo_model": {}, "settings": {}}
+    styles = {"records": [rec("test", "none", t, 0.0) for t in data.STYLES]
+              + [rec("test", "word_filter", t, 30.0) for t in data.STYLES]
+              + [{**rec("multi", "word_filter", "dots", 20.0), "group": "styles_2"}],
+              "saeuron_search": {"settings_evaluated": 6, "chosen": {t: {} for t in data.STYLES}},
+              "run": {"images": 20, "sampling_seconds": 1.0, "seconds": 3.0}, "demo_model": {}, "settings": {}}
+    out = merge([objects, styles])
+    assert set(out["test"]["none"]["targets"]) == set(data.OBJECTS + data.STYLES)
+    wf = out["test"]["word_filter"]
+    assert wf["summary"] == summarize(wf["targets"])
+    assert wf["summary"]["objects"]["UA_drawn"] == 50.0 and wf["summary"]["styles"]["UA_drawn"] == 30.0
+    assert wf["summary"]["objects"]["drawn"] == 6 * 6  # each record's 6 target pictures
+    assert out["saeuron_search"]["settings_evaluated"] == 12 and len(out["saeuron_search"]["chosen"]) == 12
+    assert out["sequential"]["word_filter"][0]["step"] == 1 and out["multi"]["styles_2"]["word_filter"]["UA"] == 20.0
+    assert out["run"]["images"] == 30 and out["run"]["seconds"] == 3.0
+
+
+def test_unseen_rows_use_test_wordings_only():
+    rows = unseen_rows([0, 1], validation_pairs("star"))
+    assert len(rows) == 11 * 4 * 2
+    assert all(p != data.prompt_for(o, s) for o, s, p, _ in rows)
+    from saemnesia_demo.vocabulary import TRAIN, words_of
+    names = set(data.OBJECTS) | set(data.STYLES)  # may stand in TEST templates
+    assert not {w for _, _, p, _ in rows for w in words_of(p)} & (TRAIN.content_words() - names)
+
+
+def test_rewrite_baselines_send_the_concept_to_its_anchor():
+    m = Methods(bench=None, saes={})
+    assert m.anchor("star") != "star" and m.anchor("star", avoid=["heart"]) not in ("star", "heart")
+    wf = METHODS["word_filter"][1](m, ["star"]).rewrite
+    oracle = METHODS["oracle"][1](m, ["star"]).rewrite
+    a = m.anchor("star")
+    assert wf("a starfish in zebra style") == f"a {a} in zebra style"
+    assert wf("poster: lone pentacle, plaid treatment") == "poster: lone pentacle, plaid treatment"  # TEST words pass
+    assert oracle("poster: lone pentacle, plaid treatment") == f"poster: lone {a}, plaid treatment"
+    assert METHODS["none"][1](m, ["star"]).is_empty
 
 
 def test_drawn_and_removed_counts_only_pictures_whose_twin_showed_the_target():
@@ -146,30 +177,14 @@ def test_denoising_error_flags_colour_blotches_but_not_a_moved_shape():
     assert not (noise_level(blotched) > noise_level(clean) + NOISE_MARGIN).all()  # why the second measure exists
 
 
-def test_the_text_sae_never_trains_on_a_word_the_paraphrase_tests_use():
-    """The paraphrase tests measure wordings the SAE has not seen: the synonyms and carrier
-    sentences it is trained on share no word with them, besides the concepts' own names."""
+def test_the_text_sae_recipe_labels_every_pair_in_many_wordings():
     import os
-    import re
     import sys
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sys.path[:0] = [os.path.join(repo, "scripts"), os.path.join(repo, "benchmarks")]
-    import paraphrase_holdout as holdout
+    sys.path.insert(0, os.path.join(repo, "scripts"))
     import train_demo_saes as recipe
 
     from saemnesia_core.prompts import parse_labelled_lines
-    from saemnesia_demo import bench
-
-    def words(texts):
-        return {w for t in texts for w in re.findall(r"[a-z]+", t.lower().replace("{", " {"))}
-    shared = {"a", "an", "the", "in", "of", "on", "with", "style", "o", "s", "obj"} | set(data.OBJECTS) | set(data.STYLES)
-    trained = words([w for ws in recipe.SYNONYMS.values() for w in ws] + recipe.CARRIERS)
-    tested = [*bench.PARAPHRASE_OBJECTS.values(), *bench.PARAPHRASE_STYLES.values(),
-              *holdout.HOLDOUT_OBJECTS.values(), *holdout.HOLDOUT_STYLES.values(),
-              *holdout.FRESH_OBJECTS.values(), *holdout.FRESH_STYLES.values(),
-              *(bench.paraphrase("star", "stripes", i) for i in range(3)),
-              *(wording("star", "stripes", i) for wording in holdout.WORDINGS.values() for i in range(4))]
-    assert not (trained & words(tested)) - shared, (trained & words(tested)) - shared
     lines = parse_labelled_lines(recipe.synonym_lines())  # as the Train node reads them
     assert {tuple(p.labels) for p in lines} == {(o, s) for o in data.OBJECTS for s in data.STYLES}  # every pair
     assert len({p.text for p in lines}) > 0.9 * len(lines)  # in different wordings
