@@ -37,10 +37,12 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.sd
 import comfy.sd1_clip
+import comfy.supported_models
 import comfy.supported_models_base
 import comfy.utils
 from comfy.text_encoders.bert import BertModel
 
+from saemnesia_demo import dit as mc_dit
 from saemnesia_demo import text_encoder as te
 from saemnesia_demo import unet as mc_unet
 
@@ -59,7 +61,8 @@ class DemoModelError(RuntimeError):
 
 
 def unet_files(folder: str | os.PathLike = MODELS_DIR) -> list[str]:
-    """Names of the MiniCanvas UNet files (exports or training checkpoints) in ``folder``."""
+    """Names of the MiniCanvas model files in ``folder``: UNet and DiT exports, and training
+    checkpoints of either (the architecture is read from each file's metadata)."""
     folder = Path(folder)
     out = []
     if not folder.is_dir():
@@ -71,7 +74,7 @@ def unet_files(folder: str | os.PathLike = MODELS_DIR) -> list[str]:
         except Exception as e:  # noqa: BLE001 - an unreadable/partial file is simply not offered
             log.debug("MiniCanvas: skipping %s (%s)", p.name, e)
             continue
-        if mc_unet.META_KEY in md or "train_state" in md:
+        if mc_unet.META_KEY in md or mc_dit.META_KEY in md or "train_state" in md:
             out.append(p.name)
     return out
 
@@ -148,7 +151,10 @@ def load_model(path: str | os.PathLike = mc_unet.DEFAULT_PATH, dtype: torch.dtyp
                clamp: bool = True):
     """The demo UNet as a ComfyUI MODEL (``ModelPatcher``). ``clamp``: clip the guided x0
     prediction to [-1, 1] each step (a ``sampler_post_cfg_function``), as the training-side
-    sampler does; pixel-space samples stay in range and the weak styles come out better."""
+    sampler does; pixel-space samples stay in range and the weak styles come out better.
+    A MiniCanvas-DiT file (Flux layout) is built by :func:`load_dit`."""
+    if architecture(path) == "dit":
+        return load_dit(path, dtype=dtype, clamp=clamp)
     sd, meta = read_unet_file(path)
     lc = dict(meta["ldm_unet_config"])
     lc.pop("dtype", None)
@@ -172,6 +178,68 @@ def load_model(path: str | os.PathLike = mc_unet.DEFAULT_PATH, dtype: torch.dtyp
         raise DemoModelError(f"{Path(path).name}: UNet keys do not match (missing {m[:3]}, unexpected {u[:3]})")
     model.diffusion_model.requires_grad_(False)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    if clamp:
+        patcher.set_model_sampler_post_cfg_function(clamp_denoised)
+    return patcher
+
+
+def architecture(path: str | os.PathLike) -> str:
+    """'dit' for a MiniCanvas-DiT export or training checkpoint, else 'unet'."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            md = f.metadata() or {}
+    except Exception:  # noqa: BLE001 - read_unet_file gives the clear error for unreadable files
+        return "unet"
+    if mc_dit.META_KEY in md:
+        return "dit"
+    try:
+        return "dit" if json.loads(md.get("train_state", "{}")).get("arch") == "dit" else "unet"
+    except ValueError:
+        return "unet"
+
+
+class MiniCanvasDiTConfig(comfy.supported_models.Flux):
+    """ComfyUI model config of MiniCanvas-DiT: ComfyUI's own Flux (``model_base.Flux``, flow matching
+    with ``ModelSamplingFlux``), pixel space (3 channels, identity), the MiniLM text encoder, no
+    pooled vector. Not registered in ComfyUI's detection list: only this loader builds it."""
+
+    unet_config: ClassVar[dict] = {"image_model": "flux"}
+    unet_extra_config: ClassVar[dict] = {}
+    sampling_settings: ClassVar[dict] = {"shift": mc_dit.SAMPLING["shift"]}
+    latent_format = comfy.latent_formats.ChromaRadiance
+    supported_inference_dtypes: ClassVar[list] = [torch.float32, torch.bfloat16, torch.float16]
+    memory_usage_factor = 1.0
+
+    def __init__(self, flux_config: dict):
+        super().__init__({"image_model": "flux", **flux_config})
+
+    def clip_target(self, state_dict=None):
+        return comfy.supported_models_base.ClipTarget(MiniCanvasTokenizer, MiniCanvasTextEncoder)
+
+
+def load_dit(path: str | os.PathLike, dtype: torch.dtype = torch.float32, clamp: bool = True):
+    """MiniCanvas-DiT as a ComfyUI MODEL: its weights carry ComfyUI's Flux names as they are."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            md = f.metadata() or {}
+        sd = load_file(str(path))
+    except Exception as e:
+        raise DemoModelError(f"{path}: not a readable safetensors file ({e}); re-export or restore it") from e
+    if mc_dit.META_KEY in md:
+        flux_config = json.loads(md[mc_dit.META_KEY])["flux_config"]
+    else:
+        flux_config = json.loads(md["train_state"])["config"]
+        sd = {k[4:]: v for k, v in sd.items() if k.startswith("ema.")}
+    cfg = MiniCanvasDiTConfig(flux_config)
+    cfg.set_inference_dtype(dtype, None)
+    model = cfg.get_model({}, "").to(comfy.model_management.unet_offload_device())
+    m, u = model.diffusion_model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+    if m or u:
+        raise DemoModelError(f"{path.name}: DiT keys do not match its config (missing {m[:3]}, unexpected {u[:3]})")
+    model.diffusion_model.requires_grad_(False)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                               offload_device=comfy.model_management.unet_offload_device())
     if clamp:
         patcher.set_model_sampler_post_cfg_function(clamp_denoised)
     return patcher
