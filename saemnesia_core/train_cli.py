@@ -12,6 +12,7 @@ averaged with all-reduce (gloo on CPU, NCCL on GPUs); rank 0 writes checkpoints 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 
@@ -26,9 +27,28 @@ from .training import TrainConfig, Trainer, build_index, training_record
 def run(cfg: dict) -> dict:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    if world > 1:
-        import torch.distributed as dist
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if world == 1:
+        return _train(cfg, rank, world)
+    import torch.distributed as dist
+
+    # Import it while no group exists: its functions take `group=group.WORLD` as a default
+    # argument, evaluated at import. Imported after init_process_group (torch.optim pulls it in
+    # through torch._dynamo when the Trainer builds Adam), they would hold the live group, so
+    # destroy_process_group could not free it: gloo's worker and socket threads would still run
+    # while the interpreter exits, and a rank would now and then abort there
+    # ("terminate called without an active exception").
+    importlib.import_module("torch.distributed.nn.functional")
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        result = _train(cfg, rank, world)
+        dist.barrier()  # no rank leaves before rank 0 has written the file
+        return result
+    finally:
+        # frees the group and joins its threads (also when a rank failed: it exits non-zero, cleanly)
+        dist.destroy_process_group()
+
+
+def _train(cfg: dict, rank: int, world: int) -> dict:
     store = ActivationStore(cfg["activations"])
     if world > len(store.shards):
         raise SAEError(f"{world} processes but only {len(store.shards)} activation shards; every rank needs one. "
@@ -46,10 +66,6 @@ def run(cfg: dict) -> dict:
         save_sae(cfg["out"], sae, SAEInfo(cfg.get("hook_point", store.meta.get("hook_point", "")),
                                           cfg.get("model_family", store.meta.get("model_family", "unknown")), index, record))
         result = record
-    if world > 1:
-        import torch.distributed as dist
-        dist.barrier()
-        dist.destroy_process_group()
     return result
 
 
