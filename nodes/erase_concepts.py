@@ -1,7 +1,10 @@
+import comfy.model_management
 from comfy_api.latest import io
 
-from saemnesia_core import SAEError, split_list
+from saemnesia_core import SAEError
+from saemnesia_core.errors import quoted
 from saemnesia_core.intervention import check_window, eraser_for, finite, window_problem
+from saemnesia_core.prompts import MAX_ERASE_ENTRIES, erase_entries
 
 from . import model_patch
 from .sae_type import ALIASES, CATEGORY, PREFIX, SAE, schema
@@ -24,7 +27,7 @@ class EraseConcepts(io.ComfyNode):
                 io.Model.Input("model", tooltip="The model to erase from (a patched copy is returned)."),
                 SAE.Input("sae", tooltip="From Load SAE or Train SAE from Prompts; its block must exist in the model."),
                 io.String.Input("concepts", default="", tooltip="Concept names from the SAE's index, comma separated; "
-                                "'neuron:123' for a raw latent."),
+                                f"'neuron:123' for a raw latent. At most {MAX_ERASE_ENTRIES} at once; repeats count once."),
                 io.Combo.Input("mode", options=MODES, default="auto",
                                tooltip="neuron: SAEmnesia, scale the concept's own latent. ablate: SAeUron, push the "
                                        "selected latents to a negative value where they fire. replace: PER, swap "
@@ -64,16 +67,17 @@ class EraseConcepts(io.ComfyNode):
         # checked here as well: V3 combos are not checked against their options by ComfyUI
         # 0.3.75, NaN passes its range checks, and linked inputs are unknown at validation
         if apply_to not in HALVES:
-            raise SAEError(f"apply_to is {apply_to!r:.40}; use one of: {', '.join(HALVES)}.")
+            raise SAEError(f"apply_to is {quoted(apply_to)}; use one of: {', '.join(HALVES)}.")
         check_window(start_percent, end_percent)
         strength = finite(strength, "strength", "give 0 (off), 1 (as published) or more.")
         multiplier = chosen_multiplier(finite(multiplier, "multiplier", "give a number such as -1.5."), zero_uses_sae_value)
-        names = split_list(concepts)
+        names = erase_entries(concepts)  # bounded, without repeats, before any lookup
         if not names:
             return io.NodeOutput(model)  # nothing to erase: pass the model through unchanged
         # an SAE set erases at every block it covers; each block has its own latents for the names
         def make_eraser(member):
-            return eraser_for(member, names, mode=mode, strength=strength, multiplier=multiplier)
+            return eraser_for(member, names, mode=mode, strength=strength, multiplier=multiplier,
+                              check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
         patched = model_patch.erase_patch(model, sae, make_eraser, apply_to == "cond only", start_percent, end_percent)
         return io.NodeOutput(patched)
 

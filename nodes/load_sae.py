@@ -21,6 +21,12 @@ class LoadSAE(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, sae_name, **_):
+        # by content: a file replaced under the same name (cp -p, rsync -a keep its time and size)
+        # is loaded again and the graph after it runs again; a touched file changes nothing
+        return sae_folder.fingerprint(sae_name)
+
+    @classmethod
     def execute(cls, sae_name) -> io.NodeOutput:
         loaded = sae_folder.load(sae_name)
         return io.NodeOutput(loaded, loaded.describe())

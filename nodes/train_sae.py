@@ -17,10 +17,19 @@ from comfy_api.latest import io
 from saemnesia_core import SAEError, SAEInfo, TrainingCancelled, load_sae
 from saemnesia_core.activations import INDEX, ActivationStore, ActivationWriter
 from saemnesia_core.checkpoint import CONTEXT, save_sae_set
+from saemnesia_core.errors import WriteFailed, quoted
 from saemnesia_core.fileio import save_json_atomic
 from saemnesia_core.handover import fit_concept_handovers
 from saemnesia_core.progress import TimeWeightedProgress, guess_step_seconds
-from saemnesia_core.prompts import DEFAULT_TEMPLATES, LabelledPrompt, assemble_prompts, split_list
+from saemnesia_core.prompts import (
+    DEFAULT_TEMPLATES,
+    MAX_TRAIN_BOX_CHARS,
+    MAX_TRAIN_PROMPTS,
+    LabelledPrompt,
+    assemble_prompts,
+    split_list,
+)
+from saemnesia_core.text import check_text
 from saemnesia_core.training import TrainConfig, train_sae
 
 from . import model_patch, sae_folder
@@ -49,6 +58,11 @@ def _say(node, text: str):
 
 
 BAR = 1000  # progress bar resolution: the bar is a time fraction, not an item count
+# The most model steps one run samples to collect activations (prompts x seeds_per_prompt x steps),
+# checked before the first: 1,000 prompts x 50 steps (the UnlearnCanvas grid, as SAeUron samples it)
+# is 50,000; a day of sampling on a fast GPU is about this many
+MAX_COLLECTION_STEPS = 1_000_000
+RUNS = "saemnesia_runs"  # the work folders of runs, in ComfyUI's output folder
 
 
 def _default_hook(model) -> str:
@@ -138,11 +152,14 @@ class TrainSAEFromPrompts(io.ComfyNode):
                      learning_rate, supervised, overwrite)
         out_path, prompts, hooks, widths, samples = r.out_path, r.prompts, r.hooks, r.widths, r.samples
         collect_settings, runs, run_dir = r.collect_settings, r.runs, r.run_dir
+        run_label = f"output/{RUNS}/{os.path.basename(run_dir)}"  # as the user finds it, not a server path
         d_in = max(widths.values())
         node = cls.hidden.unique_id if cls.hidden is not None else None
         pbar = comfy.utils.ProgressBar(BAR, node_id=node)
         timing = TimeWeightedProgress(len(prompts), train_steps * len(hooks),
                                       guess_step_seconds(d_in, d_in * expansion, batch_size))
+        _say(node, r.estimate)
+        log.info("SAEmnesia: training %s: %s", os.path.basename(out_path), r.estimate)
 
         def show(fraction_text):
             fraction, text = fraction_text
@@ -153,8 +170,14 @@ class TrainSAEFromPrompts(io.ComfyNode):
             stores = _collect(model, clip, prompts, widths, samples, collect_settings, run_dir,
                               lambda done: show(timing.collected(done)), lambda: show(timing.reused_collection()))
         except comfy.model_management.InterruptProcessingException:
-            _say(node, f"stopped while collecting ({timing.text}): queue again to collect again")
+            # _collect removed the partial activations: a collection cannot resume, only start over
+            msg = (f"stopped while collecting ({timing.text}); its partial activations were removed from "
+                   f"{run_label}: queue again to collect again")
+            log.info("SAEmnesia: training %s %s", os.path.basename(out_path), msg)
+            _say(node, msg)
             raise
+        except WriteFailed as e:
+            raise SAEError(e.says(run_label) + " The partial activations were removed.") from None
 
         # where the curve marks the start of supervision (the loss jumps there: docs/SAEmnesiaTrainSAEFromPrompts.md)
         supervise_at = int(TrainConfig.assign_after * train_steps) if supervised and prompts_have_labels(prompts) else None
@@ -198,18 +221,27 @@ class TrainSAEFromPrompts(io.ComfyNode):
                                                "skipped": skipped}
                     members.append((sae, SAEInfo(hook, family, index, record, out_path)))
                     records[hook] = record
-        except TrainingCancelled:
+        except (TrainingCancelled, comfy.model_management.InterruptProcessingException):
             # an interrupt, not an error: the frontend shows it as such, and the node says how to go on
-            msg = f"paused at {timing.text}: queue again to resume (same name and settings)"
-            log.info("SAEmnesia: training %s; checkpoint in %s", msg, run_dir)
+            msg = (f"paused at {timing.text}: queue again to resume (same name and settings). The run's work "
+                   f"({_megabytes(run_dir)}) is kept in {run_label}; delete that folder to free the space (the run "
+                   "then starts over).")
+            log.info("SAEmnesia: training %s", msg)
             _say(node, msg)
             _send("saemnesia.train", {"node": node, "paused": True, "text": msg})
-            raise comfy.model_management.InterruptProcessingException()
+            raise comfy.model_management.InterruptProcessingException() from None
+        except WriteFailed as e:
+            raise SAEError(e.says(run_label) + " The last checkpoint is kept: queue again to resume.") from None
         except SAEError as e:
             # name the run folder as the user sees it (output/...), not as a path on the server
-            raise SAEError(str(e).replace(runs, "output/saemnesia_runs")) from None
+            raise SAEError(str(e).replace(runs, f"output/{RUNS}")) from None
         training = records[hooks[0]] if len(hooks) == 1 else {"members": records, "hook_points": hooks}
-        save_sae_set(out_path, members, training)
+        try:
+            save_sae_set(out_path, members, training)
+        except WriteFailed as e:
+            raise SAEError(e.says(sae_folder.folder_label(os.path.dirname(out_path))) + " The trained SAE is kept in "
+                           f"{run_label}: queue again with the same settings and it is saved without training "
+                           "again.") from None
         sae_folder.forget(out_path)
         pbar.update_absolute(BAR, BAR)
         _say(node, f"saved {os.path.basename(out_path)}")
@@ -227,7 +259,14 @@ def plan_run(model, latent, name, objects, styles, templates, labelled_prompts, 
     hook points, and its work folder (scripts use this to find a run's folder)."""
     out_path = sae_folder.output_path(name, overwrite)
     prompts = assemble_prompts(objects, styles, templates, labelled_prompts)
-    hooks = _hook_points(model, hook_point)
+    model_steps = len(prompts) * seeds_per_prompt * steps
+    estimate = (f"{len(prompts):,} prompts x {seeds_per_prompt} seeds x {steps} steps = {model_steps:,} model steps "
+                f"to sample, then {train_steps:,} training steps")
+    if model_steps > MAX_COLLECTION_STEPS:
+        raise SAEError(f"This run would sample {estimate.split(', then')[0]}; Train SAE from Prompts samples at most "
+                       f"{MAX_COLLECTION_STEPS:,} per run (and at most {MAX_TRAIN_PROMPTS:,} prompts). Use fewer "
+                       "prompts, seeds_per_prompt or steps.")
+    hooks = _hook_points(model, check_text(hook_point, "hook_point", MAX_TRAIN_BOX_CHARS))
     widths = {h: _width(model, h) for h in hooks}
     for h, w in widths.items():
         if k > expansion * w:
@@ -243,10 +282,11 @@ def plan_run(model, latent, name, objects, styles, templates, labelled_prompts, 
         collect_settings["empty_prompt_copies"] = empty_prompt_copies(len(prompts))
     cfg_train = TrainConfig(expansion=expansion, k=k, steps=train_steps, batch_size=batch_size, lr=learning_rate,
                             supervised=supervised, seed=seed % (2 ** 31), checkpoint_every=max(20, train_steps // 20))
-    runs = os.path.join(folder_paths.get_output_directory(), "saemnesia_runs")
+    runs = os.path.join(folder_paths.get_output_directory(), RUNS)
     run_dir = os.path.join(runs, run_folder(stem, collect_settings, cfg_train))
     return SimpleNamespace(out_path=out_path, prompts=prompts, hooks=hooks, widths=widths, samples=samples,
-                           collect_settings=collect_settings, cfg_train=cfg_train, runs=runs, run_dir=run_dir)
+                           collect_settings=collect_settings, cfg_train=cfg_train, runs=runs, run_dir=run_dir,
+                           estimate=estimate)
 
 
 def run_folder(stem: str, collect_settings: dict, cfg: TrainConfig) -> str:
@@ -272,7 +312,7 @@ def _hook_points(model, text: str) -> list[str]:
     hooks = list(dict.fromkeys(_default_hook(model) if h in ("", "auto") else h for h in (split_list(text) or ["auto"])))
     for h in hooks:
         if h != CONTEXT and model_patch.diffusion_module(model, h) is None:
-            raise SAEError(f"This model has no transformer block '{h}'. Its blocks: "
+            raise SAEError(f"This model has no transformer block {quoted(h)}. Its blocks: "
                            f"{', '.join(model_patch.transformer_blocks(model))}; or 'context' for the text states.")
     return hooks
 
@@ -300,9 +340,21 @@ def _collect(model, clip, prompts, widths: dict[str, int], samples, settings, ru
             if json.load(f) == json.loads(json.dumps(settings)):
                 on_reuse()
                 return {h: ActivationStore(_member_dir(run_dir, "activations", h, hooks)) for h in widths}
-    # an interrupted collection: only its partial activations go (a training checkpoint, which
-    # needs a finished collection, cannot exist yet in this folder)
+    # an earlier collection that did not finish: only its partial activations go (a training
+    # checkpoint, which needs a finished collection, cannot exist yet in this folder)
     shutil.rmtree(act_root, ignore_errors=True)
+    try:
+        return _collect_anew(model, clip, prompts, widths, samples, settings, run_dir, on_prompt)
+    except BaseException:
+        # interrupted or failed: a collection cannot resume, so what it wrote is only disk used up
+        shutil.rmtree(act_root, ignore_errors=True)
+        _remove_if_empty(run_dir)
+        raise
+
+
+def _collect_anew(model, clip, prompts, widths: dict[str, int], samples, settings, run_dir, on_prompt) -> dict[str, ActivationStore]:
+    stamp = os.path.join(run_dir, "collect.json")
+    hooks = list(widths)
     blocks = [h for h in widths if h != CONTEXT]
     writers = {h: ActivationWriter(_member_dir(run_dir, "activations", h, hooks), widths[h], prompts, hook_point=h)
                for h in blocks}
@@ -344,6 +396,19 @@ def _collect(model, clip, prompts, widths: dict[str, int], samples, settings, ru
     stores = {h: w.close() for h, w in writers.items()}
     save_json_atomic(settings, stamp)
     return stores
+
+
+def _remove_if_empty(folder: str):
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass  # not empty (a checkpoint of an earlier training), or already gone
+
+
+def _megabytes(folder: str) -> str:
+    """How much disk a run folder takes, for the message that says where it is."""
+    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
+    return f"{total / 1e6:.0f} MB" if total >= 1e6 else f"{total / 1e3:.0f} kB"
 
 
 def empty_prompt_copies(n_prompts: int) -> int:

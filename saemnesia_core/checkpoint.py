@@ -11,23 +11,29 @@ in which the published SAeUron and SAEmnesia SAEs for SD1.4/1.5 are distributed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
 from dataclasses import dataclass, field
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 
 from .concepts import ConceptIndex
-from .errors import SAEError, SAEFileError
+from .errors import SAEError, SAEFileError, quoted
 from .fileio import save_safetensors_atomic
 from .sae import TopKSAE
 
 FORMAT = "saemnesia-sae"
 FORMAT_VERSION = 2  # 1: one SAE; 2: a set of SAEs, one per hook point (written only for sets)
-_MAX_HEADER = 100 * 1024 * 1024
+# Limits on what is read from a file, checked before it is read: the header (JSON metadata: the
+# concept index) up to safetensors' own limit, and the tensors an SAE needs as float32 in memory,
+# which is also the SAE cache's bound, so that any SAE the pack loads fits in it
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_SAE_BYTES = 1 << 30
+WEIGHTS = ("W_enc", "b_enc", "W_dec", "b_dec")
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})  # safetensors' names
 # The hook point of an SAE on the text conditioning itself: the token states that every
 # cross-attention of every transformer block reads (keys and values), rather than one block's output.
 CONTEXT = "context"
@@ -131,28 +137,71 @@ def save_sae_set(path: str, members: list[tuple[TopKSAE, SAEInfo]], training: di
     save_safetensors_atomic(tensors, path, metadata={"format": FORMAT, "saemnesia": json.dumps(record)})
 
 
+# --- reading: the header first, then only the tensors it declares and the SAE needs ------------------
+@dataclass
+class MemberPlan:
+    """One SAE of a file as its header and metadata declare it, checked before any weight is read."""
+
+    label: str  # how messages name it: the file (and block) by name, never a server path
+    hook_point: str
+    k: int
+    n_latents: int
+    d_in: int
+    index: ConceptIndex
+    tensors: dict[str, str]  # role (W_enc, b_enc, W_dec, b_dec, STATES, HANDOVERS) -> tensor name in the file
+    reserved: list[int] = field(default_factory=list)
+    state_names: list[str] = field(default_factory=list)  # the concepts of the concept_states rows
+    handover_pairs: list[list[str]] = field(default_factory=list)  # [concept, anchor] of the handover rows
+
+
+@dataclass
+class SAEPlan:
+    """What an SAE file holds, read from its header and metadata only: its blocks, sizes and concept
+    index (all the concept picker needs), with every declared tensor checked: present, floating
+    point, of fitting shapes, and within MAX_SAE_BYTES once in memory."""
+
+    path: str  # the file (or sparsify folder) to read the tensors from
+    weights: str  # the .safetensors file that holds them
+    family: str
+    training: dict
+    members: list[MemberPlan]
+
+    @property
+    def index(self) -> ConceptIndex:
+        return self.members[0].index
+
+    @property
+    def hook_points(self) -> list[str]:
+        return [m.hook_point for m in self.members]
+
+
 def load_sae(path: str, device="cpu") -> LoadedSAE:
     """Load either format; every failure is an SAEFileError that says what to do."""
+    return load_planned(plan_sae(path), device)
+
+
+def plan_sae(path: str) -> SAEPlan:
+    """Read an SAE's header and metadata (no weights) and check everything they declare."""
     if os.path.isdir(path):
-        return load_sparsify_folder(path, device=device)
+        return plan_sparsify_folder(path)
     if not os.path.isfile(path):
         raise SAEFileError(f"SAE file not found: {os.path.basename(path)}. Put .safetensors SAEs in the 'sae' models folder.")
     label = os.path.basename(path)
     if not path.lower().endswith(".safetensors"):
         raise SAEFileError(f"{label} is not a .safetensors file. SAEmnesia loads only safetensors "
                            "(never pickle: a .pt/.ckpt/.bin can run code). Convert it to safetensors first.")
-    meta = read_safetensors_metadata(path)
+    meta, declared = read_safetensors_header(path)
     if meta.get("format") != FORMAT and "saemnesia" not in meta:
         # a bare sae.safetensors from sparsify, with its cfg.json beside it
         if os.path.isfile(os.path.join(os.path.dirname(path), "cfg.json")):
-            return load_sparsify_folder(os.path.dirname(path), device=device)
+            return plan_sparsify_folder(os.path.dirname(path))
         raise SAEFileError(f"{label} is a safetensors file but not an SAEmnesia SAE (no 'saemnesia' "
                            "metadata) and has no cfg.json beside it. Save SAEs with SAEmnesia, or keep a sparsify "
                            "SAE's cfg.json next to its sae.safetensors.")
     record = _json_object(meta.get("saemnesia"), f"{label}: its metadata record")
     version = record.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int):
-        raise SAEFileError(f"{label}: format_version is {_show(version)}, not a whole number; the file is damaged "
+        raise SAEFileError(f"{label}: format_version is {quoted(version)}, not a whole number; the file is damaged "
                            "or was not written by SAEmnesia. Re-create or re-download it.")
     if version > FORMAT_VERSION:
         raise SAEFileError(f"{label} has SAE format version {version}; this SAEmnesia reads up to "
@@ -162,20 +211,49 @@ def load_sae(path: str, device="cpu") -> LoadedSAE:
         raise SAEFileError(f"{label}: model_family must be text and training a JSON object; the file is damaged. "
                            "Re-create it.")
     if version < 2:
-        sizes = _check_sizes(record, label)
-        return _member(_load_tensors(path), record, sizes, "", label, path, family, training, device)
-    parts = record.get("blocks")
-    if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) for p in parts):
-        raise SAEFileError(f"{label}: an SAE set file must list its blocks as JSON objects; the file is damaged. "
-                           "Re-create it.")
-    sizes = [_check_sizes(part, f"{label} block {i}") for i, part in enumerate(parts)]
-    tensors = _load_tensors(path)
-    members = [_member(tensors, part, sizes[i], f"blocks.{i}.", f"{label} block {i}", path, family, training, device)
-               for i, part in enumerate(parts)]
-    hooks = [m.info.hook_point for m in members]
+        parts = [(record, "", label)]
+    else:
+        blocks = record.get("blocks")
+        if not isinstance(blocks, list) or not blocks or not all(isinstance(p, dict) for p in blocks):
+            raise SAEFileError(f"{label}: an SAE set file must list its blocks as JSON objects; the file is damaged. "
+                               "Re-create it.")
+        parts = [(part, f"blocks.{i}.", f"{label} block {i}") for i, part in enumerate(blocks)]
+    members = [_plan_member(part, prefix, where, declared) for part, prefix, where in parts]
+    hooks = [m.hook_point for m in members]
     if len(set(hooks)) != len(hooks):
-        raise SAEFileError(f"{label}: its SAE set names a block twice ({_show(hooks)}); the file is damaged. Re-create it.")
-    return LoadedSAE(members[0].sae, members[0].info, members)
+        raise SAEFileError(f"{label}: its SAE set names a block twice ({quoted(hooks)}); the file is damaged. Re-create it.")
+    return _checked_plan(SAEPlan(path, path, family, training, members), declared, label)
+
+
+def _plan_member(record: dict, prefix: str, label: str, declared: dict) -> MemberPlan:
+    """One SAE of a file: its part of the metadata record and its tensors (under `prefix`)."""
+    sizes = _check_sizes(record, label)
+    names = {n: prefix + n for n in WEIGHTS}
+    n_lat, d_in = _declared_sae(declared, names, sizes["k"], label)
+    weights = {"n_latents": n_lat, "d_in": d_in}
+    for key, value in sizes.items():
+        if key != "k" and value != weights[key]:
+            raise SAEFileError(f"{label}: metadata says {key}={value} but the weights have {weights[key]}; the file is "
+                               "inconsistent. Re-create it.")
+    reserved = record.get("reserved_latents", [])
+    if not isinstance(reserved, list):
+        raise SAEFileError(f"{label}: reserved_latents is {quoted(reserved)}, not a list of latent indices; "
+                           "the file is damaged. Re-create it.")
+    reserved = [_whole(i, "a reserved latent", label) for i in reserved]
+    try:
+        index = ConceptIndex.from_json(record.get("concept_index", {}))
+        index.validate(n_lat)
+    except SAEError as e:
+        raise SAEFileError(f"{label}: bad concept index: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any other malformed index is a file problem too
+        raise SAEFileError(f"{label}: bad concept index ({type(e).__name__}); re-create the SAE file.") from None
+    hook = record.get("hook_point")
+    if not isinstance(hook, str) or not hook:
+        raise SAEFileError(f"{label} does not say which block it was trained on (no hook_point).")
+    plan = MemberPlan(label, hook, sizes["k"], n_lat, d_in, index, names, reserved)
+    _plan_states(plan, declared, record, prefix)
+    _plan_handovers(plan, declared, record, prefix)
+    return plan
 
 
 def _check_sizes(record: dict, label: str) -> dict:
@@ -189,93 +267,126 @@ def _check_sizes(record: dict, label: str) -> dict:
     return sizes
 
 
-def _member(tensors, record: dict, sizes: dict, prefix: str, label: str, path: str, family, training,
-            device) -> LoadedSAE:
-    """One SAE of a file: its tensors (under `prefix`) and its part of the metadata record, whose
-    sizes _check_sizes has read."""
-    sae = _build(tensors, {n: prefix + n for n in ("W_enc", "b_enc", "W_dec", "b_dec")}, sizes["k"], label, device)
-    for key, value in sizes.items():
-        if key != "k" and value != getattr(sae, key):
-            raise SAEFileError(f"{label}: metadata says {key}={value} but the weights have "
-                               f"{getattr(sae, key)}; the file is inconsistent. Re-create it.")
-    reserved = record.get("reserved_latents", [])
-    if not isinstance(reserved, list):
-        raise SAEFileError(f"{label}: reserved_latents is {_show(reserved)}, not a list of latent indices; "
-                           "the file is damaged. Re-create it.")
-    try:
-        sae.set_reserved([_whole(i, "a reserved latent", label) for i in reserved])
-    except ValueError as e:
-        raise SAEFileError(f"{label}: bad reserved_latents ({e}); the file is damaged. Re-create it.") from None
-    try:
-        index = ConceptIndex.from_json(record.get("concept_index", {}))
-        index.validate(sae.n_latents)
-    except SAEError as e:
-        raise SAEFileError(f"{label}: bad concept index: {e}") from None
-    except Exception as e:  # noqa: BLE001 - any other malformed index is a file problem too
-        raise SAEFileError(f"{label}: bad concept index ({type(e).__name__}: {e}); re-create the SAE file.") from None
-    _attach_states(index, tensors, record, prefix, sae.d_in, label)
-    _attach_handovers(index, tensors, record, prefix, sae.d_in, label)
-    hook = record.get("hook_point")
-    if not isinstance(hook, str) or not hook:
-        raise SAEFileError(f"{label} does not say which block it was trained on (no hook_point).")
-    return LoadedSAE(sae, SAEInfo(hook, family, index, training, path))
+def _declared_sae(declared: dict, names: dict, k: int, label: str) -> tuple[int, int]:
+    """(n_latents, d_in) of the four SAE tensors the header declares (present, floating point,
+    shapes of one SAE, k within the latents)."""
+    missing = [n for n in names.values() if n not in declared]
+    if missing:
+        raise SAEFileError(f"{label} lacks tensors {missing}; it is not a TopK SAE this pack can use.")
+    for name in names.values():
+        _check_float(declared[name][0], name, label)
+    W_enc, b_enc, W_dec, b_dec = (tuple(declared[names[n]][1]) for n in WEIGHTS)
+    n_lat, d_in = W_dec if len(W_dec) == 2 else (0, 0)
+    if len(W_dec) != 2 or W_enc != (n_lat, d_in) or b_enc != (n_lat,) or b_dec != (d_in,):
+        raise SAEFileError(f"{label}: tensor shapes do not fit one SAE (W_enc {W_enc}, b_enc {b_enc}, W_dec {W_dec}, "
+                           f"b_dec {b_dec}).")
+    if not (0 < k <= n_lat):
+        raise SAEFileError(f"{label}: k={k} is not between 1 and the number of latents ({n_lat}); the file is "
+                           "damaged. Re-create or re-download it.")
+    return n_lat, d_in
 
 
-def _attach_states(index: ConceptIndex, tensors, record: dict, prefix: str, d_in: int, label: str):
+def _check_float(dtype: str, name: str, label: str):
+    if dtype not in FLOAT_DTYPES:
+        raise SAEFileError(f"{label}: tensor {name} is stored as {dtype}, not floating point. SAE weights must be "
+                           f"floats ({', '.join(sorted(FLOAT_DTYPES))}): integer or boolean weights are quantised or "
+                           "masks, and used as floats they would change every picture. Re-export the SAE in float32, "
+                           "float16 or bfloat16.")
+
+
+def _plan_states(plan: MemberPlan, declared: dict, record: dict, prefix: str):
     """Each concept's mean SAE input, if the file has them (files from before simply have none)."""
     names = record.get("concept_states")
     if names is None:
         return
     fix = "the file is damaged. Re-create it."
+    index, label = plan.index, plan.label
     if not isinstance(names, list) or not all(isinstance(n, str) and n in index.concepts for n in names) \
             or len(set(names)) != len(names):
         raise SAEFileError(f"{label}: concept_states must list concepts of its index, each once; {fix}")
-    states = tensors.get(prefix + STATES)
-    buckets = max(1, len(index.timesteps))
-    if states is None or tuple(states.shape) != (len(names), buckets, d_in):
-        shape = None if states is None else tuple(states.shape)
-        raise SAEFileError(f"{label}: the concept_states tensor is {shape}, expected "
-                           f"{(len(names), buckets, d_in)}; {fix}")
-    states = states.float()
-    if not torch.isfinite(states).all():
-        raise SAEFileError(f"{label}: concept_states holds NaN or inf; {fix}")
-    for name, state in zip(names, states):
-        index.concepts[name].state = state
+    expected = (len(names), max(1, len(index.timesteps)), plan.d_in)
+    _plan_extra(plan, declared, prefix + STATES, STATES, expected, fix)
+    plan.state_names = names
 
 
-def _attach_handovers(index: ConceptIndex, tensors, record: dict, prefix: str, d_in: int, label: str):
+def _plan_handovers(plan: MemberPlan, declared: dict, record: dict, prefix: str):
     """Each concept's handover map to its anchor, if the file has them (older files have none)."""
     rows = record.get(HANDOVERS)
     if rows is None:
         return
     fix = "the file is damaged. Re-create it."
+    concepts = plan.index.concepts
     ok = isinstance(rows, list) and all(
-        isinstance(r, list) and len(r) == 2 and all(isinstance(n, str) and n in index.concepts for n in r)
+        isinstance(r, list) and len(r) == 2 and all(isinstance(n, str) and n in concepts for n in r)
         and r[0] != r[1] for r in rows)
     if not ok or len({r[0] for r in rows}) != len(rows):
-        raise SAEFileError(f"{label}: {HANDOVERS} must list [concept, anchor] pairs of its index, each concept "
+        raise SAEFileError(f"{plan.label}: {HANDOVERS} must list [concept, anchor] pairs of its index, each concept "
                            f"once; {fix}")
-    maps = tensors.get(prefix + HANDOVERS)
-    if maps is None or tuple(maps.shape) != (len(rows), d_in + 1, d_in):
-        shape = None if maps is None else tuple(maps.shape)
-        raise SAEFileError(f"{label}: the {HANDOVERS} tensor is {shape}, expected {(len(rows), d_in + 1, d_in)}; {fix}")
-    maps = maps.float()
-    if not torch.isfinite(maps).all():
-        raise SAEFileError(f"{label}: {HANDOVERS} holds NaN or inf; {fix}")
-    for (name, anchor), m in zip(rows, maps):
-        index.concepts[name].handover, index.concepts[name].handover_anchor = m, anchor
+    _plan_extra(plan, declared, prefix + HANDOVERS, HANDOVERS, (len(rows), plan.d_in + 1, plan.d_in), fix)
+    plan.handover_pairs = rows
 
 
-def _show(value, limit: int = 60) -> str:
-    """A value from a file, short enough to quote in a message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _plan_extra(plan: MemberPlan, declared: dict, name: str, role: str, expected: tuple, fix: str):
+    entry = declared.get(name)
+    shape = None if entry is None else tuple(entry[1])
+    if shape != expected:
+        raise SAEFileError(f"{plan.label}: the {role} tensor is {shape}, expected {expected}; {fix}")
+    _check_float(entry[0], name, plan.label)
+    plan.tensors[role] = name
+
+
+def _checked_plan(plan: SAEPlan, declared: dict, label: str) -> SAEPlan:
+    """The plan, if the tensors it will read fit in MAX_SAE_BYTES once converted to float32:
+    judged from the sizes the header declares, before anything is read (a sparse file declares
+    gigabytes in a few kilobytes of disk)."""
+    names = {name for m in plan.members for name in m.tensors.values()}
+    need = sum(math.prod(declared[name][1]) * 4 for name in names)
+    if need > MAX_SAE_BYTES:
+        raise SAEFileError(f"{label} declares tensors that take {need / 2 ** 30:.1f} GiB in memory (as float32); "
+                           f"SAEmnesia loads SAEs of up to {MAX_SAE_BYTES / 2 ** 30:.0f} GiB (an SD 1.5 SAeUron SAE "
+                           "takes 0.2 GiB). The file is damaged, or not an SAE this pack can use.")
+    return plan
+
+
+def load_planned(plan: SAEPlan, device="cpu") -> LoadedSAE:
+    """The SAE a checked plan describes: only the tensors it names are read."""
+    tensors = _load_tensors(plan.weights, {name for m in plan.members for name in m.tensors.values()})
+    members = [_member(tensors, m, plan, device) for m in plan.members]
+    return LoadedSAE(members[0].sae, members[0].info, members if len(members) > 1 else [])
+
+
+def _member(tensors: dict, plan: MemberPlan, file: SAEPlan, device) -> LoadedSAE:
+    W_enc, b_enc, W_dec, b_dec = (tensors[plan.tensors[n]].float() for n in WEIGHTS)
+    for n, t in zip(WEIGHTS, (W_enc, b_enc, W_dec, b_dec)):
+        if not torch.isfinite(t).all():
+            raise SAEFileError(f"{plan.label}: tensor {n} contains NaN or infinite values; the SAE is broken "
+                               "(training diverged?). Re-train or re-download it.")
+    sae = TopKSAE.from_tensors(W_enc.to(device), b_enc.to(device), W_dec.to(device), b_dec.to(device), plan.k)
+    try:
+        sae.set_reserved(plan.reserved)
+    except ValueError as e:
+        raise SAEFileError(f"{plan.label}: bad reserved_latents ({quoted(str(e), 200)}); the file is damaged. "
+                           "Re-create it.") from None
+    index = plan.index
+    for role, rows in ((STATES, plan.state_names), (HANDOVERS, plan.handover_pairs)):
+        if role not in plan.tensors:
+            continue
+        values = tensors[plan.tensors[role]].float()
+        if not torch.isfinite(values).all():
+            raise SAEFileError(f"{plan.label}: {role} holds NaN or inf; the file is damaged. Re-create it.")
+        for row, value in zip(rows, values):
+            if role == STATES:
+                index.concepts[row].state = value
+            else:
+                index.concepts[row[0]].handover, index.concepts[row[0]].handover_anchor = value, row[1]
+    info = SAEInfo(plan.hook_point, file.family, index, file.training, file.path)
+    return LoadedSAE(sae, info)
 
 
 def _whole(value, what: str, label: str) -> int:
     """A count or index from metadata: a JSON whole number (never a bool, text or fraction)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
-        raise SAEFileError(f"{label}: {what} is {_show(value)}, not a whole number; the file is damaged. "
+        raise SAEFileError(f"{label}: {what} is {quoted(value)}, not a whole number; the file is damaged. "
                            "Re-create or re-download it.")
     return int(value)
 
@@ -302,7 +413,13 @@ def _json_object(text, what: str) -> dict:
 
 
 def read_safetensors_metadata(path: str) -> dict:
-    """Read only the header, refusing pickles and truncated files with a clear message."""
+    """The metadata of a safetensors file (see read_safetensors_header)."""
+    return read_safetensors_header(path)[0]
+
+
+def read_safetensors_header(path: str) -> tuple[dict, dict[str, tuple[str, list[int]]]]:
+    """(metadata, {tensor name: (dtype, shape)}) from the header alone, refusing pickles, truncated
+    files and headers larger than MAX_HEADER_BYTES with a clear message."""
     name = os.path.basename(path)
     size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -311,7 +428,10 @@ def read_safetensors_metadata(path: str) -> dict:
             raise SAEFileError(f"{name} is empty or truncated ({size} bytes). Re-download or re-create it.")
         n = struct.unpack("<Q", head)[0]
         first = f.read(1)
-        if first != b"{" or n > _MAX_HEADER or 8 + n > size:
+        if first == b"{" and MAX_HEADER_BYTES < n and 8 + n <= size:
+            raise SAEFileError(f"{name}: its safetensors header (the metadata) is {n / 2 ** 20:.0f} MiB; SAEmnesia reads "
+                               f"headers of up to {MAX_HEADER_BYTES // 2 ** 20} MiB. The file is damaged or not an SAE.")
+        if first != b"{" or n > MAX_HEADER_BYTES or 8 + n > size:
             if head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
                 raise SAEFileError(f"{name} is a pickle/zip (torch.save) file renamed to .safetensors. SAEmnesia never "
                                    "loads pickles; convert it with safetensors.torch.save_file.")
@@ -323,42 +443,35 @@ def read_safetensors_metadata(path: str) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise SAEFileError(f"{name}: the safetensors header is corrupt. Re-download or re-create it.") from None
     try:
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-        meta = header.get("__metadata__") or {}
+        meta = header.pop("__metadata__", None) or {}
         if not isinstance(meta, dict):
             raise TypeError("__metadata__ is not an object")
+        declared = {key: _declared(v) for key, v in header.items()}
+        end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
     except (KeyError, TypeError, IndexError, ValueError, AttributeError):
         raise SAEFileError(f"{name}: the safetensors header is corrupt. Re-download or re-create it.") from None
     if 8 + n + end > size:
         raise SAEFileError(f"{name} is truncated: its tensors need {8 + n + end} bytes, the file has {size}. "
                            "Re-download or re-create it.")
-    return meta
+    return meta, declared
 
 
-def _load_tensors(path: str) -> dict[str, torch.Tensor]:
+def _declared(entry: dict) -> tuple[str, list[int]]:
+    dtype, shape = entry["dtype"], entry["shape"]
+    if not isinstance(dtype, str) or not isinstance(shape, list) or \
+            not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ValueError("a tensor entry without a dtype or shape")
+    return dtype, shape
+
+
+def _load_tensors(path: str, names: set[str]) -> dict[str, torch.Tensor]:
+    """Only the named tensors of the file (others it may hold are never read)."""
     try:
-        return load_file(path, device="cpu")
+        with safe_open(path, framework="pt", device="cpu") as f:
+            return {name: f.get_tensor(name) for name in names}
     except (SafetensorError, OSError, ValueError) as e:
-        raise SAEFileError(f"{os.path.basename(path)} could not be read as safetensors ({e}). Re-download or re-create it.") from None
-
-
-def _build(tensors, names, k, label, device) -> TopKSAE:
-    missing = [n for n in names.values() if n not in tensors]
-    if missing:
-        raise SAEFileError(f"{label} lacks tensors {missing}; it is not a TopK SAE this pack can use.")
-    W_enc, b_enc, W_dec, b_dec = (tensors[names[n]].float() for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
-    n_lat, d_in = W_dec.shape if W_dec.dim() == 2 else (0, 0)
-    if W_dec.dim() != 2 or W_enc.shape != (n_lat, d_in) or b_enc.shape != (n_lat,) or b_dec.shape != (d_in,):
-        raise SAEFileError(f"{label}: tensor shapes do not fit one SAE (W_enc {tuple(W_enc.shape)}, b_enc "
-                           f"{tuple(b_enc.shape)}, W_dec {tuple(W_dec.shape)}, b_dec {tuple(b_dec.shape)}).")
-    if not (0 < k <= n_lat):
-        raise SAEFileError(f"{label}: k={k} is not between 1 and the number of latents ({n_lat}); the file is "
-                           "damaged. Re-create or re-download it.")
-    for n, t in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
-        if not torch.isfinite(t).all():
-            raise SAEFileError(f"{label}: tensor {n} contains NaN or infinite values; the SAE is broken "
-                               "(training diverged?). Re-train or re-download it.")
-    return TopKSAE.from_tensors(W_enc.to(device), b_enc.to(device), W_dec.to(device), b_dec.to(device), k)
+        raise SAEFileError(f"{os.path.basename(path)} could not be read as safetensors ({quoted(str(e), 200)}). "
+                           "Re-download or re-create it.") from None
 
 
 # --- SAeUron / sparsify folders ---------------------------------------------------------
@@ -399,6 +512,10 @@ def _is_block_name(name: str) -> bool:
 
 
 def load_sparsify_folder(folder: str, device="cpu", hook_point: str | None = None) -> LoadedSAE:
+    return load_planned(plan_sparsify_folder(folder, hook_point), device)
+
+
+def plan_sparsify_folder(folder: str, hook_point: str | None = None) -> SAEPlan:
     cfg_path = os.path.join(folder, "cfg.json")
     w_path = os.path.join(folder, "sae.safetensors")
     label = os.path.basename(os.path.normpath(folder))  # messages name the folder, never a server path
@@ -406,28 +523,32 @@ def load_sparsify_folder(folder: str, device="cpu", hook_point: str | None = Non
         raise SAEFileError(f"{label} is not a sparsify/SAeUron SAE folder: it needs cfg.json and sae.safetensors.")
     try:
         with open(cfg_path, "rb") as f:
-            text = f.read()
+            text = f.read(MAX_HEADER_BYTES + 1)
     except OSError as e:
         raise SAEFileError(f"{label}/cfg.json could not be read ({e.strerror}).") from None
+    if len(text) > MAX_HEADER_BYTES:
+        raise SAEFileError(f"{label}/cfg.json is larger than {MAX_HEADER_BYTES // 2 ** 20} MiB; a sparsify cfg.json is a "
+                           "few lines. The folder is damaged: re-download it.")
     cfg = _json_object(text, f"{label}/cfg.json")
-    read_safetensors_metadata(w_path)
+    _, declared = read_safetensors_header(w_path)
     k = _whole(cfg.get("k"), "k in cfg.json", label)
     d_in = _whole(cfg["d_in"], "d_in in cfg.json", label) if "d_in" in cfg else None
-    tensors = _load_tensors(w_path)
-    names = {"W_enc": "encoder.weight", "b_enc": "encoder.bias", "W_dec": "W_dec", "b_dec": "b_dec"}
-    sae = _build(tensors, names, k, label, device)
-    if d_in is not None and d_in != sae.d_in:
-        raise SAEFileError(f"{label}/cfg.json says d_in={d_in} but the weights have {sae.d_in}.")
+    names = dict(zip(WEIGHTS, ("encoder.weight", "encoder.bias", "W_dec", "b_dec")))
+    n_lat, width = _declared_sae(declared, names, k, label)
+    if d_in is not None and d_in != width:
+        raise SAEFileError(f"{label}/cfg.json says d_in={d_in} but the weights have {width}.")
     given = hook_point or cfg.get("hookpoint")
     if given is not None and not isinstance(given, str):
-        raise SAEFileError(f"{label}/cfg.json: hookpoint is {_show(given)}, not a block name.")
+        raise SAEFileError(f"{label}/cfg.json: hookpoint is {quoted(given)}, not a block name.")
     if not given and not _is_block_name(label):
         # sparsify stores the block only in the folder's name: a renamed folder has lost it
-        raise SAEFileError(f"The SAeUron/sparsify SAE folder '{label}' does not say which UNet block it was trained "
-                           "on: such folders are named after their hook point. Rename the folder back to its block "
-                           "name (e.g. unet.up_blocks.1.attentions.1 for objects, unet.up_blocks.1.attentions.2 for "
-                           "styles), or add \"hookpoint\": \"unet.up_blocks.1.attentions.1\" to its cfg.json.")
+        raise SAEFileError(f"The SAeUron/sparsify SAE folder {quoted(label)} does not say which UNet block it was "
+                           "trained on: such folders are named after their hook point. Rename the folder back to its "
+                           "block name (e.g. unet.up_blocks.1.attentions.1 for objects, unet.up_blocks.1.attentions.2 "
+                           "for styles), or add \"hookpoint\": \"unet.up_blocks.1.attentions.1\" to its cfg.json.")
     hook = diffusers_to_ldm(given or label)
     family = cfg.get("model_family", "unknown")
     family = family if isinstance(family, str) else "unknown"
-    return LoadedSAE(sae, SAEInfo(hook, family, ConceptIndex(), {"imported_from": "sparsify", "cfg": cfg}, folder))
+    member = MemberPlan(label, hook, k, n_lat, width, ConceptIndex(), names)
+    plan = SAEPlan(folder, w_path, family, {"imported_from": "sparsify", "cfg": cfg}, [member])
+    return _checked_plan(plan, declared, label)

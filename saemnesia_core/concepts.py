@@ -14,29 +14,72 @@ from __future__ import annotations
 
 import bisect
 import math
-import unicodedata
 from dataclasses import dataclass, field
 
 import torch
 
-from .errors import SAEError, UnknownConceptError
+from . import text
+from .errors import SAEError, UnknownConceptError, quoted
 
 KINDS = ("object", "style", "concept")
 MODES = ("neuron", "ablate", "replace")
 # the concept picker shows names in the browser: characters that are markup there are refused
 _MARKUP = set('<>&"')
+MAX_CONCEPT_NAME_CHARS = 80  # also the longest label a 'label: prompt' line can give
+# an unknown name is answered with the SAE's whole list up to this many concepts, else with a few near ones
+LIST_ALL_UP_TO = 12
+
+
+def name_problem(name) -> str | None:
+    """What breaks the one rule for concept names, or None. A name is text with a letter or digit,
+    at most MAX_CONCEPT_NAME_CHARS long, free of markup (< > & "), control and invisible characters
+    (zero-width, BOM, bidi overrides and isolates, line separators), already in its normal form
+    (text.normal_form: NFKC, plain single spaces, none at the ends), and written in one script."""
+    if not isinstance(name, str) or not name.strip():
+        return "is empty or not text"
+    if len(name) > MAX_CONCEPT_NAME_CHARS:
+        return f"is {len(name):,} characters long; concept names have at most {MAX_CONCEPT_NAME_CHARS}"
+    bad = sorted({ch for ch in name if ch in _MARKUP or text.is_invisible(ch)})
+    if bad:
+        shown = ", ".join(repr(ch) if ch in _MARKUP else text.describe_char(ch) for ch in bad[:4])
+        return (f"contains {shown}: concept names may not contain < > & \" (the concept picker shows them in the "
+                "browser), control characters, or characters that cannot be seen (zero-width, BOM, bidi controls, "
+                "line separators)")
+    plain = text.normal_form(name)
+    if plain != name:
+        return (f"is not in plain form (no-break or repeated spaces, spaces at an end, or compatibility "
+                f"characters such as full-width letters); write it as {quoted(plain)}")
+    if not any(ch.isalnum() for ch in name):
+        return "has no letter or digit, so it names no concept"
+    scripts = text.mixed_scripts(name)
+    if scripts:
+        return (f"mixes {' and '.join(scripts)} letters, so it can pass for another name; write it in one script")
+    return None
 
 
 def check_concept_name(name: str, fix: str) -> str:
-    """The one rule for concept names (SAE files loaded, prompts trained): not empty, no markup
-    characters, no control characters. `fix` says what the user should do."""
-    if not isinstance(name, str) or not name.strip():
-        raise SAEError(f"Concept name {name!r} is empty or not text. {fix}")
-    bad = sorted({ch for ch in name if ch in _MARKUP or unicodedata.category(ch) == "Cc"})
-    if bad:
-        raise SAEError(f"Concept name {name!r} contains {' '.join(repr(ch) for ch in bad)}: concept names may not "
-                       f"contain < > & \" or control characters (the concept picker shows them in the browser). {fix}")
+    """The one rule for concept names (SAE files loaded, prompts trained), see name_problem.
+    `fix` says what the user should do."""
+    problem = name_problem(name)
+    if problem:
+        raise SAEError(f"Concept name {quoted(name)} {problem}. {fix}")
     return name
+
+
+def check_distinct_names(names, fix: str):
+    """The rule for the concepts of one SAE: no two are the same without case, or look alike
+    (text.skeleton: 'stаr' with a Cyrillic а beside 'star'), so every name in the picker is one
+    concept and erasing it erases that one."""
+    seen: dict[str, str] = {}
+    for name in names:
+        first = seen.setdefault(text.skeleton(name), name)
+        if first == name:
+            continue
+        if text.lookup_key(first) == text.lookup_key(name):
+            raise SAEError(f"{quoted(first)} and {quoted(name)} differ only in case, and concept names are matched "
+                           f"without case; spell them the same way. {fix}")
+        raise SAEError(f"{quoted(first)} and {quoted(name)} look alike (they differ only in letters drawn the same, "
+                       f"such as Latin and Cyrillic 'a'); give the concepts names that can be told apart. {fix}")
 
 
 @dataclass
@@ -110,21 +153,43 @@ class ConceptIndex:
     def names(self, kind: str | None = None) -> list[str]:
         return [n for n, c in self.concepts.items() if kind is None or c.kind == kind]
 
-    def find(self, name: str) -> Concept | None:
-        """The concept of that name (case and surrounding spaces ignored), or None."""
-        key = name.strip().lower()
+    def lookup(self):
+        """A function: name -> its Concept or None (see find), over a table built once, so that
+        resolving hundreds of entries against thousands of concepts stays linear."""
+        table: dict[str, Concept] = {}
         for n, c in self.concepts.items():
-            if n.lower() == key:
-                return c
-        return None
+            table.setdefault(text.lookup_key(n), c)
+        return lambda name: table.get(text.lookup_key(name))
 
-    def get(self, name: str) -> Concept:
-        c = self.find(name)
+    def find(self, name: str) -> Concept | None:
+        """The concept of that name (case, surrounding spaces and compatibility forms ignored:
+        text.lookup_key), or None."""
+        return self.lookup()(name)
+
+    def get(self, name: str, lookup=None) -> Concept:
+        c = (lookup or self.lookup())(name)
         if c is not None:
             return c
-        known = ", ".join(sorted(self.concepts)) or "(none: this SAE has no concept index; train it with labelled prompts)"
-        raise UnknownConceptError(f"Unknown concept '{name.strip()}'. This SAE knows: {known}. "
-                                  "Pick one of these names, or use 'neuron:<index>' for a raw latent.")
+        raise UnknownConceptError(self.unknown(name))
+
+    def unknown(self, name: str) -> str:
+        """The message for a name this index does not hold: bounded whatever the size of the index
+        or of the name (the whole list only for small indices, else a few near names)."""
+        typed = name.strip()
+        hint = text.hidden_in(typed)
+        said = f"Unknown concept {quoted(typed)}" + (f" ({hint})" if hint else "") + "."
+        names = list(self.concepts)
+        if not names:
+            return (f"{said} This SAE has no concepts (no concept index: train it with labelled prompts); use "
+                    "'neuron:<index>' for a raw latent.")
+        if len(names) <= LIST_ALL_UP_TO:
+            return (f"{said} This SAE knows: {', '.join(sorted(names))}. Pick one of these names, or use "
+                    "'neuron:<index>' for a raw latent.")
+        # no concept name is longer than MAX_CONCEPT_NAME_CHARS: a longer text is spelled like none
+        near = text.near_names(typed, names) if len(typed) <= MAX_CONCEPT_NAME_CHARS else []
+        nearest = f"the nearest: {', '.join(near)}" if near else "none is spelled like it"
+        return (f"{said} This SAE knows {len(names):,} concepts; {nearest}. Pick a name from the concept picker, or "
+                "use 'neuron:<index>' for a raw latent.")
 
     def bucket(self, timestep: float) -> int:
         """Nearest collected timestep bucket (works for any sampler schedule)."""
@@ -170,29 +235,34 @@ class ConceptIndex:
         if not idx.detect_scale >= 0:
             raise SAEError(f"concept index detect_scale {idx.detect_scale} must be 0 or more; re-create the SAE file")
         if not isinstance(idx.default_mode, str) or idx.default_mode not in MODES:
-            raise SAEError(f"concept index default_mode {idx.default_mode!r:.60} is not one of {MODES}")
+            raise SAEError(f"concept index default_mode {quoted(idx.default_mode)} is not one of {MODES}")
+        fix = "Re-create the SAE file."
+        kinds_seen = set()  # a few kinds for thousands of concepts: each checked once
         for name, c in _obj(d.get("concepts", {}), "concepts").items():
-            c = _obj(c, f"concept '{name:.60}'")
             check_concept_name(name, "Re-create the SAE with plain concept names (Train SAE from Prompts), or ask its "
                                      "author for a fixed file.")
-            check_concept_name(str(c.get("kind", "concept")), f"(This is the kind of concept {name!r}.) Re-create the SAE file.")
-            sels = [Selection.from_json(s) for s in _list(c.get("selections", []), f"concept '{name:.60}' selections")]
-            if sels and idx.timesteps and len(sels) != len(idx.timesteps):
-                raise SAEError(f"concept '{name}' has {len(sels)} timestep selections but the index has "
-                               f"{len(idx.timesteps)} timesteps; re-create the SAE file")
+            what = f"concept {quoted(name)}"
+            c = _obj(c, what)
             kind = c.get("kind", "concept")
             if not isinstance(kind, str):
-                raise SAEError(f"concept '{name:.60}' has kind {kind!r:.60}, not text; re-create the SAE file")
+                raise SAEError(f"{what} has kind {quoted(kind)}, not text; re-create the SAE file")
+            if kind not in kinds_seen:
+                check_concept_name(kind, f"(This is the kind of {what}.) {fix}")
+                kinds_seen.add(kind)
+            sels = [Selection.from_json(s) for s in _list(c.get("selections", []), f"{what} selections")]
+            if sels and idx.timesteps and len(sels) != len(idx.timesteps):
+                raise SAEError(f"{what} has {len(sels)} timestep selections but the index has "
+                               f"{len(idx.timesteps)} timesteps; re-create the SAE file")
             anchor = c.get("anchor")
             if anchor is not None and not isinstance(anchor, str):
-                raise SAEError(f"concept '{name:.60}' has an anchor that is not a concept name; re-create the SAE file")
+                raise SAEError(f"{what} has an anchor that is not a concept name; re-create the SAE file")
             latent, mult = c.get("latent"), c.get("multiplier")
-            idx.concepts[name] = Concept(name, kind, None if latent is None else _int(latent, f"concept '{name:.60}' latent"),
-                                         sels, None if mult is None else _finite(mult, f"concept '{name:.60}' multiplier"),
-                                         anchor)
+            idx.concepts[name] = Concept(name, kind, None if latent is None else _int(latent, f"{what} latent"),
+                                         sels, None if mult is None else _finite(mult, f"{what} multiplier"), anchor)
+        check_distinct_names(idx.concepts, f"The picker would show both and erase only one of them. {fix}")
         for c in idx.concepts.values():
             if c.anchor is not None and (c.anchor not in idx.concepts or idx.concepts[c.anchor].latent is None):
-                raise SAEError(f"concept '{c.name:.60}' names anchor '{c.anchor:.60}', which has no latent in this "
+                raise SAEError(f"concept {quoted(c.name)} names anchor {quoted(c.anchor)}, which has no latent in this "
                                "index; re-create the SAE file")
         return idx
 
@@ -203,7 +273,7 @@ class ConceptIndex:
                 ids += s.latents
             bad = [i for i in ids if not 0 <= i < n_latents]
             if bad:
-                raise SAEError(f"concept '{c.name}' names latent {bad[0]}, but the SAE has only "
+                raise SAEError(f"concept {quoted(c.name)} names latent {bad[0]}, but the SAE has only "
                                f"{n_latents} latents; the file's index does not belong to these weights")
 
 
@@ -231,7 +301,7 @@ def _finite(v, what: str) -> float:
     except OverflowError:  # a JSON integer too large for a float
         f = math.inf
     if not math.isfinite(f):
-        raise SAEError(f"{what} is {v!r:.60}, not a finite number; re-create the SAE file")
+        raise SAEError(f"{what} is {quoted(v)}, not a finite number; re-create the SAE file")
     return f
 
 
@@ -241,7 +311,7 @@ def _finite_list(v, what: str) -> list[float]:
 
 def _int(v, what: str) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
-        raise SAEError(f"{what} is {v!r:.60}, not a whole number; re-create the SAE file")
+        raise SAEError(f"{what} is {quoted(v)}, not a whole number; re-create the SAE file")
     return int(v)
 
 

@@ -15,7 +15,8 @@ import torch
 from . import erasure
 from .checkpoint import CONTEXT
 from .concepts import MODES, Concept, ConceptIndex, nearest_concept
-from .errors import SAEError
+from .errors import SAEError, quoted
+from .prompts import erase_entries
 from .sae import TopKSAE
 
 _NEURON = re.compile(r"^\s*(?:neuron\s*[:#]?|#)\s*(\d+)\s*$", re.IGNORECASE)
@@ -72,23 +73,25 @@ def raw_neuron(spec: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def resolve_spec(index: ConceptIndex, spec: str) -> Concept | int:
+def resolve_spec(index: ConceptIndex, spec: str, lookup=None) -> Concept | int:
     """What an entry of the concepts text means. A name in the SAE's index always wins (a
     concept may be labelled 'neuron 5'); otherwise 'neuron:5', 'neuron 5' or '#5' is raw latent 5;
-    anything else must be a concept name (an unknown one raises, listing the known names)."""
-    c = index.find(spec)
+    anything else must be a concept name (an unknown one raises, with a few near names).
+    `lookup`: index.lookup(), when many entries are resolved against one index."""
+    lookup = lookup or index.lookup()
+    c = lookup(spec)
     if c is not None:
         return c
     n = raw_neuron(spec)
-    return n if n is not None else index.get(spec)
+    return n if n is not None else index.get(spec, lookup)
 
 
-def resolve_entry(index: ConceptIndex, spec: str | int | Concept, n_latents: int) -> Concept | int:
+def resolve_entry(index: ConceptIndex, spec: str | int | Concept, n_latents: int, lookup=None) -> Concept | int:
     """resolve_spec for whatever names a concept or latent (an entry of the concepts text, a raw
     latent index, a Concept), with a raw latent checked against the SAE's size."""
-    c = resolve_spec(index, spec) if isinstance(spec, str) else spec
+    c = resolve_spec(index, spec, lookup) if isinstance(spec, str) else spec
     if isinstance(c, int) and not 0 <= c < n_latents:
-        raise SAEError(f"'{spec}': this SAE has latents 0..{n_latents - 1}. Pick an index in that range.")
+        raise SAEError(f"{quoted(spec)}: this SAE has latents 0..{n_latents - 1}. Pick an index in that range.")
     return c
 
 
@@ -105,13 +108,15 @@ class ConceptEraser:
 
     def __init__(self, sae: TopKSAE, index: ConceptIndex, concepts: list[str], mode: str = "auto",
                  strength: float = 1.0, multiplier: float | None = None, seed: int = 0,
-                 detect_scale: float | None = None, per_prompt: bool = False):
+                 detect_scale: float | None = None, per_prompt: bool = False, check_interrupt=None):
         """per_prompt: the edited maps are prompts' text states, whose tokens all carry the prompt's
-        concepts; the anchor move is judged per prompt (see erasure.scale_neurons)."""
+        concepts; the anchor move is judged per prompt (see erasure.scale_neurons).
+        concepts: entries of the concepts text, bounded and without repeats (prompts.erase_entries).
+        check_interrupt: called in every loop over the entries; raises to stop (the host's cancel)."""
         if mode == "auto":
             mode = index.default_mode
         if mode not in MODES:
-            raise SAEError(f"Unknown erase mode '{mode}'. Use one of: auto, {', '.join(MODES)}.")
+            raise SAEError(f"Unknown erase mode {quoted(mode)}. Use one of: auto, {', '.join(MODES)}.")
         strength = finite(strength, "strength", "give 0 (off), 1 (as published) or more.")
         if strength < 0:
             raise SAEError(f"strength is {strength}; give 0 (off), 1 (as published) or more.")
@@ -121,29 +126,54 @@ class ConceptEraser:
             detect_scale = finite(detect_scale, "detect_scale", "give 0 or more.")
         self.sae = sae
         self.mode, self.strength, self.seed, self.per_prompt = mode, strength, int(seed), bool(per_prompt)
-        self.concepts = list(concepts)
+        self.concepts = erase_entries(list(concepts))
+        self._check_interrupt = check_interrupt or (lambda: None)
         n_buckets = max(1, len(index.timesteps))
         self.index = index
         self.detect_scale = index.detect_scale if detect_scale is None else detect_scale
-        self.targets = [self._target(index, b, multiplier) for b in range(n_buckets)]
+        resolved = self._resolve(index)
+        self.targets = [self._target(index, resolved, b, multiplier) for b in range(n_buckets)]
         self._device_targets: dict = {}
         self._sae_cache: dict = {}
 
-    def _target(self, index: ConceptIndex, bucket: int, multiplier: float | None) -> erasure.ErasureTarget:
+    def _resolve(self, index: ConceptIndex) -> list[tuple]:
+        """(the entry as typed, its concept or latent index, the concept its activation is handed
+        to in neuron mode or None) of every entry: looked up once for all timestep buckets."""
+        lookup, entries = index.lookup(), []
+        for full in self.concepts:
+            self._check_interrupt()
+            spec, anchor = split_anchor(full)
+            entries.append((full, resolve_entry(index, spec, self.sae.n_latents, lookup), anchor))
+        erased = {c.name for _, c, _ in entries if not isinstance(c, int)}
+        resolved = []
+        for full, c, anchor in entries:
+            self._check_interrupt()
+            ac = None
+            if self.mode == "neuron" and not isinstance(c, int) and c.latent is not None:
+                a = c.anchor if anchor is ... else anchor
+                if anchor is ... and a in erased:
+                    # the SAE's anchor is erased too (circle and square, each the other's anchor):
+                    # hand over to the nearest concept that stays, not to nothing
+                    a = nearest_concept(index, c, self.sae.W_dec, exclude=erased)
+                ac = index.get(a, lookup) if a else None
+                if ac is not None and (ac.latent is None or ac.name == c.name):
+                    raise SAEError(f"{quoted(full)}: the anchor {quoted(a)} must be another concept with its own latent.")
+                if ac is not None and ac.name in erased:
+                    ac = None  # never hand an erased concept's activation to another erased one
+            resolved.append((full, c, ac))
+        return resolved
+
+    def _target(self, index: ConceptIndex, resolved: list[tuple], bucket: int,
+                multiplier: float | None) -> erasure.ErasureTarget:
         chosen: dict[int, tuple[float, float, float]] = {}
         anchors: dict[int, int] = {}
         shifts: dict[int, torch.Tensor] = {}  # concept latent -> anchor's mean state minus the concept's
         maps: dict[int, torch.Tensor] = {}  # concept latent -> its handover map to the anchor
-        resolved = []  # (the entry as typed, its name or latent, its concept or latent index, anchor given)
-        for full in self.concepts:
-            spec, anchor = split_anchor(full)
-            resolved.append((full, spec, resolve_entry(index, spec, self.sae.n_latents), anchor))
-        erased = {c.name for _, _, c, _ in resolved if not isinstance(c, int)}
-        for full, spec, c, anchor in resolved:
+        for full, c, ac in resolved:
+            self._check_interrupt()
             if isinstance(c, int):
-                n = c
                 m = multiplier if multiplier is not None else index.default_multiplier
-                chosen.setdefault(n, (0.0, 1.0, m))
+                chosen.setdefault(c, (0.0, 1.0, m))
                 continue
             m = multiplier if multiplier is not None else (c.multiplier if c.multiplier is not None else index.default_multiplier)
             if self.mode == "neuron" and c.latent is not None:
@@ -151,24 +181,15 @@ class ConceptEraser:
                 thr = sel.threshold[0] if sel else 0.0
                 mean = sel.concept_mean[0] if sel else 1.0
                 chosen.setdefault(c.latent, (thr, mean, m))
-                a = c.anchor if anchor is ... else anchor
-                if anchor is ... and a in erased:
-                    # the SAE's anchor is erased too (circle and square, each the other's anchor):
-                    # hand over to the nearest concept that stays, not to nothing
-                    a = nearest_concept(index, c, self.sae.W_dec, exclude=erased)
-                if a:
-                    ac = index.get(a)
-                    if ac.latent is None or ac.name == c.name:
-                        raise SAEError(f"'{full}': the anchor '{a}' must be another concept with its own latent.")
-                    if ac.name not in erased:  # never hand an erased concept's activation to another erased one
-                        anchors[c.latent] = ac.latent
-                        if c.handover is not None and c.handover_anchor == ac.name:
-                            maps[c.latent] = c.handover  # fitted for this very anchor
-                        if c.state is not None and ac.state is not None:
-                            shifts[c.latent] = ac.state[min(bucket, len(ac.state) - 1)] - c.state[min(bucket, len(c.state) - 1)]
+                if ac is not None:
+                    anchors[c.latent] = ac.latent
+                    if c.handover is not None and c.handover_anchor == ac.name:
+                        maps[c.latent] = c.handover  # fitted for this very anchor
+                    if c.state is not None and ac.state is not None:
+                        shifts[c.latent] = ac.state[min(bucket, len(ac.state) - 1)] - c.state[min(bucket, len(c.state) - 1)]
                 continue
             if not c.selections:
-                raise SAEError(f"Concept '{c.name}' has no latent selection in this SAE's index; "
+                raise SAEError(f"Concept {quoted(c.name)} has no latent selection in this SAE's index; "
                                "rebuild the index (Train SAE from Prompts) or use neuron:<index>.")
             sel = c.selections[min(bucket, len(c.selections) - 1)]
             scale = self.detect_scale if self.mode == "replace" else 1.0
@@ -179,7 +200,7 @@ class ConceptEraser:
         if not torch.isfinite(vals).all():
             # an index built in code can hold NaN/inf (files are checked when read)
             raise SAEError(f"The concept index gives a non-finite threshold, mean or multiplier for "
-                           f"{', '.join(self.concepts)}; rebuild the index or pass a finite multiplier.")
+                           f"{_listed(self.concepts)}; rebuild the index or pass a finite multiplier.")
         anchor_ids = torch.tensor([anchors.get(i, -1) for i in ids], dtype=torch.long) if anchors else None
         shift_rows = shifted = None
         if shifts:
@@ -259,6 +280,12 @@ class ConceptEraser:
         if spatial:
             return out_tokens.view(b, hh, ww, c).permute(0, 3, 1, 2).contiguous(memory_format=_memory_format(h))
         return out_tokens
+
+
+def _listed(entries: list[str], n: int = 5) -> str:
+    """The first few entries (known names and raw latents, each short), for a message."""
+    more = f" and {len(entries) - n} more" if len(entries) > n else ""
+    return ", ".join(entries[:n]) + more
 
 
 def _memory_format(h):

@@ -70,18 +70,22 @@ def test_the_cache_holds_at_most_its_bytes_and_count_and_frees_what_it_evicts(sa
     assert len(by_count) == 3
 
 
-def test_one_sae_larger_than_the_byte_bound_is_still_kept_alone(sae_dir, monkeypatch):
+def test_an_sae_larger_than_the_byte_bound_is_handed_out_but_never_kept(sae_dir, monkeypatch):
+    """Issue 27: the newest entry stayed even when it alone was over the bound (a sparse file
+    declaring 1 GiB kept 2 GiB cached). Now the bound holds at every moment."""
     from saemnesia_pack.nodes import sae_folder
 
-    from saemnesia_core.cache import SAECache
+    from saemnesia_core.cache import SAECache, sae_bytes
     save(sae_dir / "a.safetensors")
-    save(sae_dir / "b.safetensors")
-    cache = SAECache(max_bytes=1)
+    save(sae_dir / "b.safetensors", n=512)
+    one = sae_bytes(sae_folder.load("a.safetensors"))
+    cache = SAECache(max_bytes=int(1.5 * one))
     monkeypatch.setattr(sae_folder, "_cache", cache)
     a = sae_folder.load("a.safetensors")
     assert sae_folder.load("a.safetensors") is a and len(cache) == 1
-    sae_folder.load("b.safetensors")
-    assert len(cache) == 1 and str(sae_dir / "a.safetensors") not in cache
+    big = sae_folder.load("b.safetensors")  # twice a's size: over the bound alone
+    assert big.sae.n_latents == 512 and str(sae_dir / "b.safetensors") not in cache
+    assert cache.nbytes <= cache.max_bytes and str(sae_dir / "a.safetensors") in cache  # nothing evicted for it
 
 
 def test_the_default_cache_is_bounded(pack):
@@ -90,7 +94,7 @@ def test_the_default_cache_is_bounded(pack):
     assert sae_folder._cache.max_entries <= 4 and sae_folder._cache.max_bytes <= 1 << 30
 
 
-def test_a_failure_is_cached_per_file_version_and_a_fixed_file_is_read_again(sae_dir):
+def test_a_failure_is_cached_per_file_version_and_a_fixed_file_is_read_again(sae_dir, monkeypatch):
     from saemnesia_pack.nodes import sae_folder
 
     from saemnesia_core import SAEFileError
@@ -98,14 +102,17 @@ def test_a_failure_is_cached_per_file_version_and_a_fixed_file_is_read_again(sae
     path.write_bytes(b"\x00" * 40)
     with pytest.raises(SAEFileError, match="truncated or not a safetensors"):
         sae_folder.load("bad.safetensors")
-    # other bad bytes, same size and mtime: the cached failure answers, the file is not parsed again
-    st = os.stat(path)
-    path.write_bytes(b"PK" + b"\x00" * 38)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    # the same bytes written again (a new mtime): the cached failure answers, the file is not parsed again
+    path.write_bytes(b"\x00" * 40)
+    real, parsed = sae_folder.load_sae, []
+    monkeypatch.setattr(sae_folder, "load_sae", lambda p: parsed.append(p) or real(p))
     with pytest.raises(SAEFileError, match="truncated or not a safetensors"):
         sae_folder.load("bad.safetensors")
-    # a new size: read again (so this is a pickle now)
-    path.write_bytes(b"PK" + b"\x00" * 50)
+    assert parsed == []
+    # other bytes, same size and mtime (as cp -p or rsync -a leave a replaced file): read again,
+    # so this is a pickle now (issue 27: keyed by mtime and size, the old failure answered)
+    st = os.stat(path)
+    path.write_bytes(b"PK" + b"\x00" * 38)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     with pytest.raises(SAEFileError, match="pickle"):
         sae_folder.load("bad.safetensors")
@@ -124,35 +131,39 @@ def answer(resp):
     return resp.status, json.loads(resp.body)
 
 
-def test_the_concepts_route_loads_off_the_event_loop(sae_dir, monkeypatch):
-    """While a (slow) SAE loads, the event loop keeps running: the load may only finish once a
-    coroutine on the loop has released it, which a load on the loop itself would never see."""
-    from saemnesia_pack.nodes import routes, sae_folder
-    save(sae_dir / "slow.safetensors")
-    real = sae_folder.load_sae
-    gate, seen = threading.Event(), {}
+def off_the_loop(monkeypatch, owner, name: str, send):
+    """Send a request (send(): a coroutine answering it) while owner.name blocks until a coroutine
+    on the event loop releases it, which work done on the loop itself would never see. Returns the
+    answer and the thread the work ran in."""
+    real, gate, seen = getattr(owner, name), threading.Event(), {}
 
-    def slow_load(path):
+    def slow(*args):
         seen["thread"] = threading.current_thread()
         if not gate.wait(20):
-            raise RuntimeError("the event loop was blocked while the SAE loaded")
-        return real(path)
-
-    monkeypatch.setattr(sae_folder, "load_sae", slow_load)
+            raise RuntimeError("the event loop was blocked while the work ran")
+        return real(*args)
+    monkeypatch.setattr(owner, name, slow)
 
     async def scenario():
-        task = asyncio.ensure_future(routes.get_concepts(request("sae=slow.safetensors")))
-        for _ in range(2000):
+        task = asyncio.ensure_future(send())
+        for _ in range(4000):
             if "thread" in seen:
                 break
             await asyncio.sleep(0.005)  # the loop is free: this coroutine keeps running
         gate.set()
         return await asyncio.wait_for(task, 30)
+    return asyncio.run(scenario()), seen["thread"]
 
-    status, body = answer(asyncio.run(scenario()))
+
+def test_the_concepts_route_loads_off_the_event_loop(sae_dir, monkeypatch):
+    """While a (slow) SAE is read, the event loop keeps answering."""
+    from saemnesia_pack.nodes import sae_folder
+    save(sae_dir / "slow.safetensors")
+    (status, body), thread = off_the_loop(monkeypatch, sae_folder, "plan_sae",
+                                          lambda: serve_async("GET", "/saemnesia/concepts?sae=slow.safetensors"))
     assert status == 200, body
     assert [c["name"] for c in body["concepts"]] == ["cat"]
-    assert seen["thread"] is not threading.main_thread()
+    assert thread is not threading.main_thread()
 
 
 @pytest.mark.parametrize("content, words", [
@@ -174,20 +185,31 @@ def test_the_concepts_route_answers_hostile_files_with_a_json_error(sae_dir, con
         assert str(sae_dir) not in body["error"]
 
 
+async def serve_async(method: str, path: str, **kw) -> tuple[int, dict]:
+    """One request to the pack's routes, over real HTTP (an aiohttp server with the pack's handlers)."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+    from saemnesia_pack.nodes import routes
+    app = web.Application()
+    app.router.add_get("/saemnesia/concepts", routes.get_concepts)
+    app.router.add_post("/saemnesia/concepts", routes.post_concepts)
+    app.router.add_get("/saemnesia/saes", routes.get_saes)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.request(method, path, **kw)
+        assert resp.content_type == "application/json", await resp.text()
+        return resp.status, await resp.json()
+
+
+def serve(method: str, path: str, **kw) -> tuple[int, dict]:
+    return asyncio.run(serve_async(method, path, **kw))
+
+
 def test_the_concepts_route_parses_a_train_nodes_boxes(pack):
     """The picker's 'after training' list comes from the server's grammar, not a copy in the browser."""
     import json
 
-    from aiohttp.test_utils import make_mocked_request
-    from saemnesia_pack.nodes import routes
-
     def post(body: bytes):
-        req = make_mocked_request("POST", "/saemnesia/concepts")
-
-        async def read_json():
-            return json.loads(body)
-        req.json = read_json
-        return answer(asyncio.run(routes.post_concepts(req)))
+        return serve("POST", "/saemnesia/concepts", data=body, headers={"Content-Type": "application/json"})
 
     boxes = {"objects": "cat, dog", "styles": "ink", "templates": "a {object} in {style} style",
              "labelled_prompts": "style/sketch: a quick sketch"}
