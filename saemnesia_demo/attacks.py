@@ -173,13 +173,16 @@ class TextStates:
         # whole lower-case words only: typed as text, they tokenise back to themselves
         self.word_ids = torch.tensor(sorted(i for w, i in vocab.items() if re.fullmatch(r"[a-z]+", w)))
 
+    def length(self, text: str) -> int:
+        """Tokens of `text` with [CLS] and [SEP], uncut."""
+        return len(self.tokenizer(text)["input_ids"])
+
     def tokens(self, texts: list[str]):
+        too_long = [t for t in texts if self.length(t) > TOKEN_LENGTH]
+        if too_long:
+            raise ValueError(f"'{too_long[0]}' is longer than the text encoder's {TOKEN_LENGTH} tokens and would be "
+                             f"cut; use a shorter prompt or fewer prefix tokens")
         tok = self.encoder.tokenize(texts)
-        full = tok["attention_mask"].sum(1) == TOKEN_LENGTH
-        if bool(full.any()):
-            longest = texts[int(full.nonzero()[0])]
-            raise ValueError(f"'{longest}' fills all {TOKEN_LENGTH} tokens of the text encoder and may be cut; "
-                             f"use a shorter prompt or fewer prefix tokens")
         return tok["input_ids"], tok["attention_mask"]
 
     def states(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -242,8 +245,10 @@ def build_targets(bench: Bench, concept: str, text: TextStates, settings: Attack
     unedited = EditedModel(bench, {})
     templates = len(TRAIN.name_templates)
     pairs = _pairs(concept)[:settings.prompts]
-    options = {i: [(TRAIN.prompts_for(o, s, templates, settings.fit_seed)[(i + k) % templates], settings.fit_seed + r)
-                   for r in range(settings.target_tries) for k in range(templates)]
+    room = TOKEN_LENGTH - settings.prefix_tokens  # the word attack puts its prefix in front
+    options = {i: [(p, settings.fit_seed + r) for r in range(settings.target_tries) for k in range(templates)
+                   for p in [TRAIN.prompts_for(o, s, templates, settings.fit_seed)[(i + k) % templates]]
+                   if text.length(p) <= room]
                for i, (o, s) in enumerate(pairs)}
     found: dict[int, tuple[str, torch.Tensor]] = {}
     while True:  # rounds: each pair still looking tries its next (template, seed)
@@ -367,8 +372,7 @@ def embedding_attack(bench: Bench, model: EditedModel, targets: Targets, text: T
     with torch.enable_grad(), model.hooked(grad=True) as eps:
         for _ in range(settings.embedding_steps):
             loss = denoising_loss(eps, targets, text.encode(texts, vector))[0]
-            opt.zero_grad()
-            loss.backward()
+            vector.grad, = torch.autograd.grad(loss, [vector])  # no weight of any model collects one
             opt.step()
             history.append(loss.item())
     vector = vector.detach()

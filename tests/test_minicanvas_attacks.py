@@ -123,3 +123,28 @@ def test_an_attack_on_a_rewrite_attacks_the_rewritten_prompt(bench, text, star_t
 def test_attacks_never_fit_on_the_test_seeds(bench):
     with pytest.raises(ValueError, match="fit_seed"):
         attacks.attack_results(bench, {}, ["star"], [0, 1, 2], settings=attacks.AttackSettings(fit_seed=1))
+
+
+def test_attack_results_reports_ua_under_each_attack_for_every_plan(star_eraser):
+    """The whole measurement at a toy budget: the control first, every plan with UA under no
+    attack, words and embedding on the same pictures' worth of prompts, means per kind, times;
+    a negative prompt (no edit, no rewrite) reuses the control's attack, only samples with it."""
+    bench = Bench(threads=1, steps=4, batch=8)
+    settings = attacks.AttackSettings(prompts=1, timesteps=1, prefix_tokens=2, word_steps=1, candidates=2, top_k=4,
+                                      embedding_steps=2)
+    plans = {"negative_prompt": lambda ts: {"negative": ", ".join(ts)}, "saemnesia_context": lambda ts: star_eraser}
+    out = attacks.attack_results(bench, plans, ["star"], [0], log=lambda *a: None, settings=settings)
+    assert list(out["methods"]) == ["none", "negative_prompt", "saemnesia_context"]
+    assert out["targets"]["star"]["prompts"][0].count("star") == 1
+    rows = {name: m["concepts"]["star"] for name, m in out["methods"].items()}
+    for name, row in rows.items():
+        for kind in ("none", "words", "embedding"):
+            assert 0 <= row[kind]["UA"] <= 100 and row[kind]["drawn"] <= 1
+        assert out["methods"][name]["mean"]["objects"]["words"]["UA"] == row["words"]["UA"]
+        assert row["words"]["example"].endswith(out["targets"]["star"]["prompts"][0])
+    assert rows["negative_prompt"]["words"]["prefix"] == rows["none"]["words"]["prefix"]
+    assert rows["negative_prompt"]["embedding"]["attack"] == rows["none"]["embedding"]["attack"]  # not fitted again
+    # the control unattacked is the reference: its UA is the share of pictures without the concept
+    assert rows["none"]["none"]["UA"] == 100.0 * (1 - rows["none"]["none"]["drawn"])
+    assert rows["none"]["none"]["broken"] == 0
+    assert out["time"]["cpu_seconds"] > 0 and out["settings"]["fit_seed"] == 700
