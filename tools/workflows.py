@@ -226,7 +226,7 @@ GROUP_TOP = -60  # group title bars (24 px type) above the first row of nodes, n
 # (width, height below the title bar) of the nodes the demo templates repeat
 LOADER, LATENT, LOAD_SAE = (330, 126), (330, 118), (330, 106)
 PROMPT, NEGATIVE, ERASE = (360, 110), (360, 102), (360, 368)
-SAMPLER_SIZE, DECODE, ENLARGE, SAVE = (WIDE, 262), (225, 54), (225, 90), (WIDE, 250)
+SAMPLER_SIZE, DECODE, ENLARGE, SAVE = (WIDE, 262), (225, 54), (225, 90), (WIDE, 300)  # SAVE: 4 pictures in 2 rows (1.58 Nodes 2.0)
 
 
 def below(y: int, size) -> int:
