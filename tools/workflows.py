@@ -215,12 +215,28 @@ VIEW_SCALE = 4  # 32 px pictures are enlarged (nearest: every pixel a 4x4 block)
 
 BEFORE_COLOR, AFTER_COLOR = "#3f789e", "#a1309b"
 # Layout (canvas units): loaders on the left, prompts and SAE nodes in the middle, one column
-# per model to the right (KSampler, VAE Decode, Save Image); every template opens at 100%.
-# A node's title bar (30) sits above its pos. Gaps are wide enough for "Nodes 2.0" too, which
-# spreads positions by 1.2 on load and draws each node taller than the canvas does
-# (the browser test measures both: tools/browser/drive.js convert, layoutState).
-LEFT, MID, COLUMN, COLUMN_STEP, ROW_STEP, WIDE = 20, 400, 790, 420, 745, 360  # WIDE: column node width
+# per model to the right (KSampler, then VAE Decode beside the enlargement, then Save Image); every
+# template opens at 100%. A node's title bar (TITLE) sits above its pos. Sizes are what "Nodes 2.0"
+# needs to show each node whole: frontend 1.58 draws it at its own place and at least 225 wide,
+# so the size saved is the size drawn, in both renderers (1.32 also spreads places and sizes by
+# 1.2 alike on load). The browser test measures all four: tools/browser/drive.js convert, layoutState.
+LEFT, MID, COLUMN, COLUMN_STEP, WIDE = 20, 430, 820, 530, 470  # WIDE: column node width
+TITLE, GAP = 30, 24  # a node's title bar; the space between one node's bottom and the next one's title
 GROUP_TOP = -60  # group title bars (24 px type) above the first row of nodes, never under one
+# (width, height below the title bar) of the nodes the demo templates repeat
+LOADER, LATENT, LOAD_SAE = (330, 126), (330, 118), (330, 106)
+PROMPT, NEGATIVE, ERASE = (360, 110), (360, 102), (360, 368)
+SAMPLER_SIZE, DECODE, ENLARGE, SAVE = (WIDE, 262), (225, 54), (225, 90), (WIDE, 300)  # SAVE: 4 pictures in 2 rows (1.58 Nodes 2.0)
+
+
+def below(y: int, size) -> int:
+    """The y of the next node under one at y of this size."""
+    return y + size[1] + TITLE + GAP
+
+
+DECODE_DY = below(0, SAMPLER_SIZE)  # VAE Decode under KSampler
+SAVE_DY = below(DECODE_DY, ENLARGE)  # Save Image under VAE Decode and the enlargement beside it
+ROW_STEP = below(SAVE_DY, SAVE)  # one prompt's row of a column
 
 
 def _view(scale: float = 1.0) -> dict:
@@ -233,48 +249,57 @@ def _view(scale: float = 1.0) -> dict:
 def _demo_base(g: UIGraph, prompts: list[tuple[str, str]], batch: int):
     """Load MiniCanvas Demo Model, the prompts (+ an empty negative) and the 32x32 empty latent.
     Returns (loader, {title: positive}, negative, latent)."""
-    loader = g.add("SAEmnesiaLoadDemoModel", (LEFT, 20), (330, 98), [DEMO_UNET])
-    latent = g.add("EmptyChromaRadianceLatentImage", (LEFT, 170), (330, 106), [32, 32, batch],
+    loader = g.add("SAEmnesiaLoadDemoModel", (LEFT, 20), LOADER, [DEMO_UNET])
+    latent = g.add("EmptyChromaRadianceLatentImage", (LEFT, below(20, LOADER)), LATENT, [32, 32, batch],
                    title=f"32x32 pixel-space latent, {batch} seeds")
     positives, y = {}, 20
     for title, text in prompts:
-        positives[title] = g.add("CLIPTextEncode", (MID, y), (360, 110), [text], title=title,
+        positives[title] = g.add("CLIPTextEncode", (MID, y), PROMPT, [text], title=title,
                                  links={"clip": (loader, 1)})
-        y += 155
-    negative = g.add("CLIPTextEncode", (MID, y), (360, 90), [""], title="negative (empty)",
+        y = below(y, PROMPT)
+    negative = g.add("CLIPTextEncode", (MID, y), NEGATIVE, [""], title="negative (empty)",
                      links={"clip": (loader, 1)})
     return loader, positives, negative, latent
 
 
+# where the left column continues under the loader and the latent, and the middle one under the
+# prompts (n of them) and the negative
+LEFT_FREE = below(below(20, LOADER), LATENT)
+
+
+def mid_free(prompts: int) -> int:
+    return below(20 + prompts * below(0, PROMPT), NEGATIVE)
+
+
 def _load_sae(g: UIGraph, y: int, name: str, kind: str):
-    return g.add("SAEmnesiaLoadSAE", (LEFT, y), (330, 82), [name], title=f"Load SAE ({kind})")
+    return g.add("SAEmnesiaLoadSAE", (LEFT, y), LOAD_SAE, [name], title=f"Load SAE ({kind})")
 
 
 def _erase(g: UIGraph, pos, concepts: str, title: str, model, sae, width: int = 360):
-    return g.add("SAEmnesiaEraseConcepts", pos, (width, 300), [concepts, "auto", 1.0, 0.0, "both", 0.0, 1.0, True],
+    return g.add("SAEmnesiaEraseConcepts", pos, (width, ERASE[1]), [concepts, "auto", 1.0, 0.0, "both", 0.0, 1.0, True],
                  title=title, links={"model": model, "sae": sae})
 
 
 def _enlarge(g: UIGraph, pos, image):
-    return g.add("ImageScaleBy", pos, (210, 82), ["nearest-exact", float(VIEW_SCALE)], title=f"{VIEW_SCALE}x to view",
+    return g.add("ImageScaleBy", pos, ENLARGE, ["nearest-exact", float(VIEW_SCALE)], title=f"{VIEW_SCALE}x to view",
                  links={"image": image})
 
 
 def _sample_and_save(g: UIGraph, x: int, y: int, model, positive, negative, latent, vae, title: str, prefix: str):
     """KSampler (the demo model's settings, fixed seed) -> VAE Decode -> enlarge -> Save Image;
     returns (KSampler, Save)."""
-    k = g.add("KSampler", (x, y), (WIDE, 262), [SEED, "fixed", STEPS, CFG, SAMPLER, SCHEDULER, 1.0],
+    k = g.add("KSampler", (x, y), SAMPLER_SIZE, [SEED, "fixed", STEPS, CFG, SAMPLER, SCHEDULER, 1.0],
               title=f"KSampler ({title})",
               links={"model": model, "positive": (positive, 0), "negative": (negative, 0), "latent_image": (latent, 0)})
-    dec = g.add("VAEDecode", (x, y + 310), (140, 46), links={"samples": (k, 0), "vae": vae})
-    big = _enlarge(g, (x + 190, y + 310), (dec, 0))  # Nodes 2.0 draws VAE Decode 225 wide
-    return k, g.add("SaveImage", (x, y + 445), (WIDE, 250), [prefix], title=title, links={"images": (big, 0)})
+    dec = g.add("VAEDecode", (x, y + DECODE_DY), DECODE, links={"samples": (k, 0), "vae": vae})
+    big = _enlarge(g, (x + WIDE - ENLARGE[0], y + DECODE_DY), (dec, 0))
+    return k, g.add("SaveImage", (x, y + SAVE_DY), SAVE, [prefix], title=title, links={"images": (big, 0)})
 
 
 def _column(g: UIGraph, c: int, title: str, color: str, rows: int = 1, height: int | None = None):
     """x of model column c, framed by a titled group."""
     x = COLUMN + c * COLUMN_STEP
-    g.group(title, (x - 10, GROUP_TOP, COLUMN_STEP - 10, height or 780 + (rows - 1) * ROW_STEP), color)
+    g.group(title, (x - 10, GROUP_TOP, COLUMN_STEP - 10, height or 20 - GROUP_TOP + rows * ROW_STEP - GAP), color)
     return x
 
 
@@ -298,9 +323,9 @@ ERASE_ONE_NOTE = (
 def erase_one_concept_minicanvas() -> dict:
     g = UIGraph()
     loader, pos, neg, latent = _demo_base(g, [("prompt", "a star in stripes style")], BATCH)
-    sae = _load_sae(g, 330, CONTEXT_SAE, "text states")
-    erase = _erase(g, (MID, 330), "star", "Erase Concepts: star", (loader, 0), (sae, 0))
-    g.note((LEFT, 500), (330, 440), ERASE_ONE_NOTE)
+    sae = _load_sae(g, LEFT_FREE, CONTEXT_SAE, "text states")
+    erase = _erase(g, (MID, mid_free(1)), "star", "Erase Concepts: star", (loader, 0), (sae, 0))
+    g.note((LEFT, below(LEFT_FREE, LOAD_SAE)), (330, 440), ERASE_ONE_NOTE)
     for c, (title, model, tag) in enumerate((("Before", (loader, 0), "before"),
                                              ("After (star erased)", (erase, 0), "after"))):
         x = _column(g, c, title, (BEFORE_COLOR, AFTER_COLOR)[c])
@@ -328,11 +353,13 @@ def erase_several_concepts_minicanvas() -> dict:
     rows = [("prompt 1", "a star in stripes style", "star in stripes"),
             ("prompt 2", "a heart in dots style", "heart in dots")]
     loader, pos, neg, latent = _demo_base(g, [r[:2] for r in rows], 2)
-    sae = _load_sae(g, 330, CONTEXT_SAE, "text states")
-    erase_a = _erase(g, (MID, 480), "star, heart", "A: erase star + heart (one node)", (loader, 0), (sae, 0))
-    erase_b1 = _erase(g, (MID, 870), "star", "B1: erase star", (loader, 0), (sae, 0))
-    erase_b2 = _erase(g, (MID, 1260), "stripes", "B2: then erase stripes", (erase_b1, 0), (sae, 0))
-    g.note((LEFT, 500), (330, 690), ERASE_SEVERAL_NOTE)
+    sae = _load_sae(g, LEFT_FREE, CONTEXT_SAE, "text states")
+    y_a = mid_free(len(rows))
+    y_b1 = below(y_a, ERASE)
+    erase_a = _erase(g, (MID, y_a), "star, heart", "A: erase star + heart (one node)", (loader, 0), (sae, 0))
+    erase_b1 = _erase(g, (MID, y_b1), "star", "B1: erase star", (loader, 0), (sae, 0))
+    erase_b2 = _erase(g, (MID, below(y_b1, ERASE)), "stripes", "B2: then erase stripes", (erase_b1, 0), (sae, 0))
+    g.note((LEFT, below(LEFT_FREE, LOAD_SAE)), (330, 690), ERASE_SEVERAL_NOTE)
     columns = [("Before", (loader, 0), "before", BEFORE_COLOR),
                ("After A (star, heart erased)", (erase_a, 0), "after_a", AFTER_COLOR),
                ("After B (star + stripes erased)", (erase_b2, 0), "after_b", AFTER_COLOR)]
@@ -360,12 +387,12 @@ def inspect_neuron_minicanvas() -> dict:
     g = UIGraph()
     loader, pos, neg, latent = _demo_base(g, [("prompt", "a star in stripes style")], 2)
     positive = pos["prompt"]
-    g.note((MID, 330), (360, 480), INSPECT_NOTE)
+    g.note((MID, mid_free(1)), (360, 480), INSPECT_NOTE)
     x = _column(g, 0, "Generated", BEFORE_COLOR)
     sampler, _ = _sample_and_save(g, x, 20, (loader, 0), positive, neg, latent, (loader, 2), "Generated",
                                   "SAEmnesia/inspect_generated")
     for i, (sae_file, concept, kind) in enumerate(((OBJECTS_SAE, "star", "objects"), (STYLES_SAE, "stripes", "styles"))):
-        sae = _load_sae(g, 330 + i * 150, sae_file, kind)
+        sae = _load_sae(g, LEFT_FREE + i * below(0, LOAD_SAE), sae_file, kind)
         x = _column(g, 1 + i, f"Where '{concept}' fires", AFTER_COLOR, height=1380)
         # tall enough to show its own heatmap preview under the widgets (already 256 px with its scale)
         ins = g.add("SAEmnesiaInspectNeuron", (x, 20), (WIDE, 640),
@@ -396,14 +423,16 @@ TRAIN_NOTE = (
 def train_then_erase_minicanvas() -> dict:
     g = UIGraph()
     loader, pos, neg, latent = _demo_base(g, [("prompt", "a star in stripes style")], BATCH)
-    train = g.add("SAEmnesiaTrainSAEFromPrompts", (LEFT, 330), (374, 800),
+    train = g.add("SAEmnesiaTrainSAEFromPrompts", (LEFT, LEFT_FREE), (390, 1000),
                   ["minicanvas_trained", OBJECTS, STYLES, "a {object} in {style} style", "", "context",
                    STEPS, CFG, SAMPLER, SCHEDULER, 1, 0, "fixed", 4, 16, 600, 512, 0.001, True, True],
                   title="Train SAE from Prompts (about 45 s on 2 CPU cores)",
                   links={"model": (loader, 0), "clip": (loader, 1), "latent": (latent, 0)})
-    erase = _erase(g, (MID, 330), "star", "Erase Concepts: star", (loader, 0), (train, 0))
-    g.add("PreviewAny", (MID, 720), (360, 290), title="Training report", links={"source": (train, 1)})
-    g.note((MID, 1090), (360, 560), TRAIN_NOTE)
+    erase = _erase(g, (MID, mid_free(1)), "star", "Erase Concepts: star", (loader, 0), (train, 0))
+    report = (360, 290)
+    y_report = below(mid_free(1), ERASE)
+    g.add("PreviewAny", (MID, y_report), report, title="Training report", links={"source": (train, 1)})
+    g.note((MID, below(y_report, report)), (360, 560), TRAIN_NOTE)
     for c, (title, model, tag) in enumerate((("Before", (loader, 0), "before"),
                                              ("After (star erased)", (erase, 0), "after"))):
         x = _column(g, c, title, (BEFORE_COLOR, AFTER_COLOR)[c])

@@ -1,4 +1,4 @@
-// SAEmnesia frontend extension (ComfyUI frontend 1.32.x extension API).
+// SAEmnesia frontend extension (ComfyUI frontend extension API; tested with frontends 1.32.9 and 1.58.1).
 //
 // - Erase Concepts: an "add concept" picker filled from the SAE wired into the node. Picking a
 //   name toggles it in the `concepts` text; that text stays the only thing saved and queued, so
@@ -21,11 +21,34 @@ const CURVE = "training curve";
 const PICKER_TIP = "Pick a concept of the connected SAE to add it to (or remove it from) 'concepts'.";
 const MAX_HOPS = 32;
 
-// The combo menu puts option labels into innerHTML, and concept names and kinds come from SAE
-// files and from workflows other people share: every label is built from escaped text.
+// Concept names and kinds come from SAE files and from workflows other people share, and the
+// classic combo menu shows option labels as markup in some frontends (1.32: innerHTML) and as
+// text in others (1.58: textContent, which escapes by itself). A label is escaped exactly when
+// the running frontend's menu reads it as markup, so it shows once-escaped, as text, in both.
 // (Labels only ever land in element content, where these four are all that is markup.)
 const HTML_ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" };
 export const escapeHtml = (text) => String(text ?? "").replace(/[&<>"]/g, (ch) => HTML_ESCAPES[ch]);
+
+// Does the classic menu read an entry's label as markup? Asked of the menu itself: one entry
+// added to a detached menu (never shown), as the combo widget adds its options (a string value).
+// If the probe cannot tell, labels are escaped: at worst shown escaped, never run.
+const MENU_PROBE = "<i>&amp;</i>";
+let menuReadsMarkup = null;
+export function menuLabelsAreMarkup() {
+  if (menuReadsMarkup === null) {
+    try {
+      const ContextMenu = window.LiteGraph.ContextMenu;
+      const menu = Object.create(ContextMenu.prototype);
+      menu.root = document.createElement("div");
+      ContextMenu.prototype.addItem.call(menu, MENU_PROBE, "probe", {});
+      const entry = menu.root.querySelector(".litemenu-entry");
+      menuReadsMarkup = !entry || entry.textContent !== MENU_PROBE;
+    } catch {
+      menuReadsMarkup = true;
+    }
+  }
+  return menuReadsMarkup;
+}
 
 const classOf = (node) => node?.comfyClass ?? node?.type;
 const widgetOf = (node, name) => node?.widgets?.find((w) => w.name === name);
@@ -267,13 +290,13 @@ function setupErase(node) {
       return String(value ?? "");
     }
   };
-  // Never throws: on an exception the frontend falls back to the raw value, unescaped.
+  // The classic menu's label for an option (a string), as markup or text as that menu reads it
+  // (see menuLabelsAreMarkup); for no value (null) the text the canvas draws on the widget itself.
+  // Frontend 1.58's Nodes 2.0 Select shows these labels too, as text. Never throws: on an
+  // exception the frontend falls back to the raw value, unescaped.
   const label = (value) => {
-    try {
-      return escapeHtml(plainLabel(value));
-    } catch {
-      return escapeHtml(value);
-    }
+    const text = safePlain(value);
+    return value != null && menuLabelsAreMarkup() ? escapeHtml(text) : text;
   };
 
   // Status line and picker are appended last and never serialized: widgets_values stay
@@ -310,8 +333,8 @@ function setupErase(node) {
       showStatus(node);
       node.setDirtyCanvas?.(true, true);
     },
-    // optionLabel and placeholder are read by the Nodes 2.0 Select only (as plain text, which
-    // Vue escapes); getOptionLabel by the classic menu (into innerHTML: escaped above).
+    // optionLabel and placeholder are read by the Nodes 2.0 Select of frontend 1.32 only (as plain
+    // text, which Vue escapes); getOptionLabel by the classic menu and 1.58's Select (see label).
     { values: [], serialize: false, getOptionLabel: label, optionLabel: safePlain, placeholder: "pick a concept…" }
   );
   picker.serialize = false;
