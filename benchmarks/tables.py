@@ -143,6 +143,19 @@ def minicanvas(d):
             + "\n\n![MiniCanvas benchmark](benchmarks/results/minicanvas.png)")
 
 
+def attacks(d):
+    """UA with no attack and under each attack, per method and kind (attacks.py)."""
+    kinds = d["settings"]["kinds"]
+    head = " | ".join(f"{k} UA ({a})" for k in ("objects", "styles") for a in ("no attack", *kinds))
+    rows = [f"| method | {head} |", "|---|" + "---|" * (2 * (1 + len(kinds)))]
+    for name, m in d["methods"].items():
+        cells = [_v(m["mean"].get(k, {}).get(a, {}).get("UA")) for k in ("objects", "styles") for a in ("none", *kinds)]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    s = d["settings"]
+    return (f"Attacks fitted on seeds that are never test seeds, on TRAIN prompts; UA of the attacked prompts at "
+            f"seeds {s['eval_seeds']} ({s['steps']} steps, CFG {s['cfg']}); time {d['time']}:\n\n" + "\n".join(rows))
+
+
 SWAPS = {"context": "prompt without the concept's word, as every cross-attention reads it",
          "anchor": "prompt with the concept's word replaced by its anchor's",
          "tokens": "the concept word's token states replaced by the empty prompt's (K/V of every attn2)",
@@ -185,7 +198,8 @@ def _fill(path, jobs):
 
 
 def main():
-    _fill(os.path.join(REPO, "README.md"), (("overhead", overhead), ("training", training), ("minicanvas", minicanvas)))
+    _fill(os.path.join(REPO, "README.md"), (("overhead", overhead), ("training", training), ("minicanvas", minicanvas),
+                                            ("attacks", attacks)))
     _fill(os.path.join(REPO, "docs", "minicanvas.md"), (("ceilings", ceilings),))
 
 

@@ -740,6 +740,28 @@ def plot(results: dict, path: str):
     os.replace(tmp, path)
 
 
+def run_attacks(args) -> dict:
+    """UA under each attack of ``attacks.py`` for every method of `METHODS`, the unedited model as control."""
+    from .attacks import attack_results
+    bench = Bench(threads=args.threads, batch=args.batch, steps=args.steps)
+    saes = {kind: {m: load_sae(os.path.join(args.sae_dir, name + ".safetensors")) for m, name in v.items()}
+            for kind, v in SAES.items()}
+    context_path = os.path.join(args.sae_dir, CONTEXT_SAE + ".safetensors")
+    methods = Methods(bench, saes, context_sae=load_sae(context_path) if os.path.isfile(context_path) else None)
+    targets = [t for t in (list(data.OBJECTS) + list(data.STYLES)) if not args.targets or t in args.targets]
+    names = [n for n in METHODS if n != "none" and (n != "saemnesia_context" or methods.context_sae is not None)
+             and (not args.methods or n in args.methods)]
+    if "saeuron" in names:
+        grid_search_saeuron(bench, methods, targets, VALIDATION_SEEDS, print, args.taus, args.gammas)
+
+    def as_dict(name):
+        def make(ts):
+            plan = METHODS[name][1](methods, list(ts))
+            return {"edits": list(plan.edits), "negative": plan.negative, "rewrite": plan.rewrite}
+        return make
+    return attack_results(bench, {n: as_dict(n) for n in names}, targets, list(range(args.seeds)))
+
+
 def validation_check(sae_path: str, seeds: list[int], threads: int = 2, steps: int = BENCH_STEPS, log=print) -> dict:
     """The text SAE as shipped, each concept erased in turn on its validation pairs and the given
     (never test) seeds: the quick check that decides whether a change is worth a full run."""
@@ -781,7 +803,14 @@ def main(argv=None):
     ap.add_argument("--validation-check", type=int, nargs="+", metavar="SEED",
                     help="only the quick check of the shipped text SAE on these validation seeds (e.g. 501 502 503); "
                          "writes benchmarks/results/validation_check.json")
+    ap.add_argument("--attacks", action="store_true",
+                    help="only the attacks part (attacks.py: a word prefix and an embedding against every method); "
+                         "writes benchmarks/results/attacks.json")
     args = ap.parse_args(argv)
+    if args.attacks:
+        result = _no_nan(run_attacks(args))
+        save_json_atomic(result, os.path.join(REPO, "benchmarks", "results", "attacks.json"))
+        return result
     if args.validation_check:
         result = validation_check(os.path.join(args.sae_dir, CONTEXT_SAE + ".safetensors"), args.validation_check,
                                   threads=args.threads, steps=args.steps)
