@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -639,7 +640,6 @@ def views(out: dict) -> dict:
 def run_split(args, argv: list[str]) -> dict:
     """Objects and styles in two child processes, merged: the answer sets are independent."""
     import subprocess
-    import sys
     import tempfile
     keep, skip = [], False
     for a in argv:  # the parent's options minus --workers N / --workers=N (and its outputs)
@@ -823,7 +823,7 @@ def main(argv=None):
                 parts.append(json.load(f))
         results = merge(parts)
     elif args.workers > 1 and not args.targets:
-        results = run_split(args, argv or [])
+        results = run_split(args, sys.argv[1:] if argv is None else argv)  # the workers get the same options
     else:
         results = run(args)
     results = _no_nan(results)
