@@ -545,8 +545,9 @@ def accuracy(answers: Answers) -> dict:
             "failed_rate": answers.artifact_rate, "pictures": len(answers.objs)}
 
 
-def run(args) -> dict:
-    log = print if not args.quiet else (lambda *a: None)
+def setup(args) -> tuple[Bench, Methods, list[str], list[str]]:
+    """The bench, the methods over the shipped SAEs, the targets and the method names the options ask
+    for ("none" always; the text SAE's method only where its file is there)."""
     bench = Bench(threads=args.threads, batch=args.batch, steps=args.steps)
     saes = {kind: {m: load_sae(os.path.join(args.sae_dir, name + ".safetensors")) for m, name in v.items()}
             for kind, v in SAES.items()}
@@ -555,6 +556,13 @@ def run(args) -> dict:
     targets = [t for t in (list(data.OBJECTS) + list(data.STYLES)) if not args.targets or t in args.targets]
     names = [n for n in METHODS if (n != "saemnesia_context" or methods.context_sae is not None)
              and (not args.methods or n in args.methods or n == "none")]
+    return bench, methods, targets, names
+
+
+def run(args) -> dict:
+    log = print if not args.quiet else (lambda *a: None)
+    bench, methods, targets, names = setup(args)
+    saes = methods.saes
     seeds, sections = list(range(args.seeds)), list(args.sections)
     t_start = time.perf_counter()
     out = {"settings": {"test_seeds": seeds, "validation_seeds": VALIDATION_SEEDS, "steps": bench.steps,
@@ -743,14 +751,8 @@ def plot(results: dict, path: str):
 def run_attacks(args) -> dict:
     """UA under each attack of ``attacks.py`` for every method of `METHODS`, the unedited model as control."""
     from .attacks import attack_results
-    bench = Bench(threads=args.threads, batch=args.batch, steps=args.steps)
-    saes = {kind: {m: load_sae(os.path.join(args.sae_dir, name + ".safetensors")) for m, name in v.items()}
-            for kind, v in SAES.items()}
-    context_path = os.path.join(args.sae_dir, CONTEXT_SAE + ".safetensors")
-    methods = Methods(bench, saes, context_sae=load_sae(context_path) if os.path.isfile(context_path) else None)
-    targets = [t for t in (list(data.OBJECTS) + list(data.STYLES)) if not args.targets or t in args.targets]
-    names = [n for n in METHODS if n != "none" and (n != "saemnesia_context" or methods.context_sae is not None)
-             and (not args.methods or n in args.methods)]
+    bench, methods, targets, names = setup(args)
+    names = [n for n in names if n != "none"]  # attack_results adds the unedited control itself
     if "saeuron" in names:
         grid_search_saeuron(bench, methods, targets, VALIDATION_SEEDS, print, args.taus, args.gammas)
 

@@ -134,8 +134,6 @@ TEST = Vocabulary(
     },
 )
 
-VOCABULARIES = {"train": TRAIN, "test": TEST}
-
 
 def prompts_of(vocabulary: Vocabulary, per_pair: int, seed: int = 0) -> list[tuple[int, int, str]]:
     """`(object index, style index, prompt)`: `per_pair` wordings of every pair, objects major."""
