@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # What the browser test needs: Debian's Chromium (never a browser download at run time)
-# and playwright-core from the npm registry, pinned by tools/browser/package-lock.json.
+# and playwright-core from the npm registry, pinned by tools/browser/package-lock.json; and the
+# newer ComfyUI frontend the test also runs against (tools/browser/newer-frontend.txt), from PyPI
+# into .cache/frontends/<version>/, so the venv keeps the frontend ComfyUI pins.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 if ! command -v chromium >/dev/null 2>&1; then
@@ -22,4 +24,19 @@ if command -v npm >/dev/null 2>&1; then
   fi
 else
   echo "[browser-deps] npm missing: the browser test will skip"
+fi
+
+pin="$(grep -E '^comfyui-frontend-package==' "$here/tools/browser/newer-frontend.txt")"
+target="$here/.cache/frontends/${pin#*==}"
+py="${SAEMNESIA_VENV:-$here/.venv}/bin/python"
+if [ ! -f "$target/comfyui_frontend_package/static/index.html" ]; then
+  if [ -x "$py" ]; then
+    echo "[browser-deps] pip install --target $target $pin"
+    rm -rf "$target.partial"
+    "$py" -m pip install -q --no-deps --target "$target.partial" "$pin"
+    rm -rf "$target"
+    mv "$target.partial" "$target"
+  else
+    echo "[browser-deps] no venv at ${py%/bin/python} (make setup): the newer frontend's browser tests will skip"
+  fi
 fi

@@ -1,9 +1,16 @@
 """In the browser: the real ComfyUI frontend, with the pack's extension, in headless Chromium.
 
+Every test runs against two frontends served by the pinned ComfyUI 0.3.75 backend: the one its
+requirements pin (1.32.9, in the venv) and the newer one tools/browser/newer-frontend.txt pins
+(1.58.1, what users of a current ComfyUI run), installed beside it by scripts/browser_deps.sh.
+
 Needs Debian's chromium (/usr/bin/chromium) and `npm ci --prefix tools/browser`
-(playwright-core only; it never downloads a browser). Skips with a message when either is
-missing. Screenshots go to test-artifacts/browser/.
+(playwright-core only; it never downloads a browser): `make browser-deps` installs all three.
+Skips with a message when one is missing. Screenshots go to test-artifacts/browser/ (the newer
+frontend's to test-artifacts/browser/frontend-<version>/).
 """
+import dataclasses
+import importlib.metadata
 import json
 import os
 import shutil
@@ -43,9 +50,73 @@ from tools.workflows import NAMES, SD15_CHECKPOINT, TITLES, erase_workflow, load
 
 # ------------------------------------------------------------------ server and driver
 
-@pytest.fixture()
-def server(comfy_server):
-    return comfy_server  # one server for the session (tests/conftest.py): thing.safetensors, hostile.safetensors
+def _newer_frontend() -> tuple[str, str]:
+    """(version, static folder) of the newer frontend tools/browser/newer-frontend.txt pins,
+    where scripts/browser_deps.sh installs it."""
+    with open(os.path.join(BROWSER_TOOLS, "newer-frontend.txt"), encoding="utf-8") as f:
+        (pin,) = [line.strip() for line in f if line.startswith("comfyui-frontend-package==")]
+    version = pin.split("==")[1]
+    return version, os.path.join(REPO, ".cache", "frontends", version, "comfyui_frontend_package", "static")
+
+
+PINNED_VERSION = importlib.metadata.version("comfyui-frontend-package")  # what ComfyUI's requirements pin
+NEWER_VERSION, NEWER_STATIC = _newer_frontend()
+# The newer one first: its server (and the SD1.5-shaped checkpoint it loads, 5-8 GB) is gone before
+# the session server loads that checkpoint for the pinned one and keeps it for the e2e tests.
+FRONTENDS = [NEWER_VERSION, PINNED_VERSION]
+# Where the two frontends differ in what the tests expect (not in what the pack must do):
+# - saved_view: 1.32 opens a template from the browser at the view it was saved with; 1.58 frames
+#   the whole graph instead (75% of the screen), whatever the view saved;
+# - every_image: a Nodes 2.0 Save Image node shows all of a batch (1.58) or one at a time (1.32).
+FRONTEND_WAYS = {PINNED_VERSION: {"saved_view": True, "every_image": False},
+                 NEWER_VERSION: {"saved_view": False, "every_image": True}}
+
+
+@dataclasses.dataclass
+class Served:
+    """A running ComfyUI server and the frontend version it must serve (the driver reports the one it met)."""
+    server: object
+    frontend: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def read_log(self) -> str:
+        return self.server.read_log()
+
+    def artifacts(self, *parts: str) -> str:
+        """Where its screenshots go: test-artifacts/browser/ for the pinned frontend (tools/gallery.py
+        copies from there), test-artifacts/browser/frontend-<version>/ for the newer one."""
+        root = ARTIFACTS if self.frontend == PINNED_VERSION else os.path.join(ARTIFACTS, f"frontend-{self.frontend}")
+        path = os.path.join(root, *parts)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+
+@pytest.fixture(scope="module", params=FRONTENDS)
+def server(request, comfy_server, tmp_path_factory):
+    """The session's server (tests/conftest.py: thing.safetensors, hostile.safetensors) with the
+    frontend ComfyUI pins, or a second server on the same models and settings serving the newer
+    frontend (module scope: pytest runs every test of one frontend before starting the other).
+    The backend is ComfyUI 0.3.75 for both: the newer frontend's requests to the jobs API it
+    lacks answer 404, which the frontend survives."""
+    if request.param == PINNED_VERSION:
+        yield Served(comfy_server, PINNED_VERSION)
+        return
+    if not os.path.isfile(os.path.join(NEWER_STATIC, "index.html")):
+        pytest.skip(f"frontend {NEWER_VERSION} not installed at {NEWER_STATIC}: make browser-deps")
+    from tools import workflows as wf
+    from tools.comfy_server import ComfyServer
+    base = tmp_path_factory.mktemp(f"comfy-server-{NEWER_VERSION}")
+    wf.write_returning_user_settings(str(base))
+    models_dir = os.path.join(comfy_server.base, "models")
+    models = {folder: {name: os.path.join(models_dir, folder, name) for name in os.listdir(os.path.join(models_dir, folder))}
+              for folder in os.listdir(models_dir) if os.path.isdir(os.path.join(models_dir, folder))}
+    srv = ComfyServer(str(base), models, threads=1, front_end_root=NEWER_STATIC)
+    srv.start()
+    yield Served(srv, NEWER_VERSION)
+    srv.stop()
 
 
 def drive(server, command: str, workflow: dict, tmp_path, timeout: float = 900, **args) -> dict:
@@ -61,18 +132,26 @@ def drive(server, command: str, workflow: dict, tmp_path, timeout: float = 900, 
     except (IndexError, json.JSONDecodeError):
         pytest.fail(f"driver printed no result (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     if proc.returncode != 0 or "error" in result:
-        pytest.fail(f"browser driver failed: {result.get('error')}\nbrowser log: {result.get('log')}\n"
-                    f"server log:\n{server.read_log()[-3000:]}")
+        pytest.fail(f"browser driver failed (frontend {result.get('frontend')}): {result.get('error')}\n"
+                    f"browser log: {result.get('log')}\nserver log:\n{server.read_log()[-3000:]}")
+    assert result["frontend"] == server.frontend, "the server did not serve the frontend under test"
     return result
 
 
+def train_node(workflow: dict) -> dict:
+    (train,) = [n for n in workflow["nodes"] if n["type"] == "SAEmnesiaTrainSAEFromPrompts"]
+    return train
+
+
 def test_erase_workflow_in_the_browser(server, tmp_path):
-    os.makedirs(ARTIFACTS, exist_ok=True)
     wf = erase_workflow(SD15_CHECKPOINT, "thing.safetensors", "", 64, 2, inspect=True, train=True,
                         inspect_concept="thing")
     wf["extra"]["ds"] = {"scale": 0.62, "offset": [40, 160]}  # zoomed out: the screenshot shows the curve on Train SAE too
+    # a file of its own per frontend: the newer frontend's server sees the session server's SAE
+    # files, and an SAE the first run trained would make the picker read it, not the planned names
+    train_node(wf)["widgets_values"][0] = f"browser_trained_{server.frontend.replace('.', '_')}"
     t0 = time.time()
-    r = drive(server, "run", wf, tmp_path, out=ARTIFACTS, concept="thing", timeout=600)
+    r = drive(server, "run", wf, tmp_path, out=server.artifacts(), concept="thing", timeout=600)
 
     # each node's help page is where the frontend's node library looks for it
     assert set(r["docs"]) == {"SAEmnesiaLoadSAE", "SAEmnesiaEraseConcepts", "SAEmnesiaInspectNeuron",
@@ -113,6 +192,19 @@ def test_erase_workflow_in_the_browser(server, tmp_path):
 # before they existed. The twin runs without them, which means the same (zero_uses_sae_value:
 # a twin's multiplier 0 stands for the SAE's calibrated multiplier, as the switch's default does).
 NEWER_DEFAULTS = {"SAEmnesiaEraseConcepts": {"zero_uses_sae_value": True}}
+# Inputs a frontend queues for its own display widgets, which the node does not declare and the
+# server ignores: frontend 1.32 queues PreviewAny's text box as "preview", 1.58 does not.
+DISPLAY_ONLY = {"PreviewAny": {"preview"}}
+
+
+def comparable(graph: dict) -> dict:
+    """An API-format graph less its _meta and its display-only inputs."""
+    out = {}
+    for nid, node in graph.items():
+        shown = DISPLAY_ONLY.get(node.get("class_type"), set())
+        node = {k: v for k, v in node.items() if k != "_meta"}
+        out[nid] = {**node, "inputs": {k: v for k, v in node.get("inputs", {}).items() if k not in shown}}
+    return out
 
 
 def as_queued_for(api: dict, queued: dict) -> dict:
@@ -137,8 +229,7 @@ def test_demo_erase_workflow_runs_in_the_browser(server, tmp_path, renderer):
     missing = missing_saes(api)
     if missing:
         pytest.skip(f"shipped SAE missing from models/sae/: {', '.join(missing)}")
-    out = os.path.join(ARTIFACTS, "erase_one_concept_minicanvas")
-    os.makedirs(out, exist_ok=True)
+    out = server.artifacts("erase_one_concept_minicanvas")
     r = drive(server, "run", ui, tmp_path, out=out, concept="heart", renderer=renderer, timeout=600)
     assert r["renderer"] == renderer
     objects = {"circle", "square", "triangle", "cross", "star", "heart"}
@@ -153,20 +244,19 @@ def test_demo_erase_workflow_runs_in_the_browser(server, tmp_path, renderer):
     if renderer == "vue":  # what the node's own text box shows, not only the graph behind it
         assert "star" in r["vue_inputs_before"] and "star, heart" in r["vue_inputs_after"], r
     assert set(r["rewire"]["load"]["values"]) == set(picker["values"])  # unplugged and plugged back in
-    queued = r["api_prompt"]
-    for node in list(queued.values()) + list(api.values()):
-        node.pop("_meta", None)
+    queued, api = comparable(r["api_prompt"]), comparable(api)
     erase = [nid for nid, n in api.items() if n["class_type"] == "SAEmnesiaEraseConcepts"]
     for nid in erase:
         api[nid]["inputs"]["concepts"] = "star, heart"
     # what the user queues is the twin the e2e test runs, with the picked concept
     assert as_queued_for(api, queued) == api
     shown = {n["id"]: n["images"] for n in r["nodes_with_images"]}
-    saves = [n["id"] for n in ui["nodes"] if n["type"] == "SaveImage"]
+    saves = [str(n["id"]) for n in ui["nodes"] if n["type"] == "SaveImage"]
     assert set(shown) == set(saves)
+    every_image = renderer == "classic" or FRONTEND_WAYS[server.frontend]["every_image"]
     for nid in saves:
-        # 32 px x 4; the canvas holds all 4 seeds, a Nodes 2.0 node shows one at a time
-        assert len(shown[nid]) == (4 if renderer == "classic" else 1), shown[nid]
+        # 32 px x 4; the canvas holds all 4 seeds, a Nodes 2.0 node all 4 or one at a time
+        assert len(shown[nid]) == (4 if every_image else 1), shown[nid]
         assert all(im["width"] == 128 for im in shown[nid]), shown[nid]
     for shot in r["screenshots"]:
         assert os.path.getsize(shot) > 10_000
@@ -174,15 +264,15 @@ def test_demo_erase_workflow_runs_in_the_browser(server, tmp_path, renderer):
 
 @pytest.mark.parametrize("renderer", ["classic", "vue"])
 def test_a_hostile_concept_name_is_shown_as_text_and_runs_no_script(server, tmp_path, renderer):
-    """Issue 13 (stored XSS): the picker's menu puts labels into innerHTML. A concept named
-    <img src=x onerror=...>, in an SAE file or in a shared workflow's Train node text, must show
-    as text and run nothing, in the classic menu and in the Nodes 2.0 Select. The server refuses
-    the file; the Train node's planned name is escaped."""
+    """Issue 13 (stored XSS): frontend 1.32's classic menu puts labels into innerHTML, 1.58's into
+    textContent. A concept named <img src=x onerror=...>, in an SAE file or in a shared workflow's
+    Train node text, must show as text, once escaped (issue 27: 1.58 showed "&lt;img"), and run
+    nothing, in the classic menu and in the Nodes 2.0 Select. The server refuses the file."""
     wf = erase_workflow(SD15_CHECKPOINT, "hostile.safetensors", "", 64, 1, train=True)
-    (train,) = [n for n in wf["nodes"] if n["type"] == "SAEmnesiaTrainSAEFromPrompts"]
+    train = train_node(wf)
     train["widgets_values"][0] = "hostile_never_trained"  # no file of that name: the picker shows the planned names
     train["widgets_values"][1] = f"cat, {HOSTILE_CONCEPT}"  # objects, as a shared workflow could carry it
-    out = os.path.join(ARTIFACTS, "hostile")
+    out = server.artifacts("hostile")
     r = drive(server, "hostile", wf, tmp_path, out=out, concept=HOSTILE_CONCEPT, renderer=renderer, timeout=300)
     # fed by the SAE file with that name: refused by the server, and the picker says why
     assert r["refused"]["values"] == [] and "may not contain" in r["refused"]["error"], r["refused"]
@@ -191,8 +281,8 @@ def test_a_hostile_concept_name_is_shown_as_text_and_runs_no_script(server, tmp_
     assert HOSTILE_CONCEPT in r["planned"]["values"]
     entry = [m for m in r["menu"] if "onerror" in m["text"]]
     assert len(entry) == 1 and entry[0]["text"] == f"+ {HOSTILE_CONCEPT} · object", r["menu"]
-    assert all(m["elements"] == 0 for m in r["menu"]) and r["injected"] == 0, r["menu"]
-    assert "&lt;img" in entry[0]["html"]
+    assert all(m["one_text_node"] for m in r["menu"]) and r["injected"] == 0, r["menu"]
+    assert "&lt;img" in entry[0]["html"] and "&amp;lt;" not in entry[0]["html"]  # escaped once, by the frontend or by us
     assert r["script_ran"] == 0
     assert r["status_text"] == "after training: 2 objects, 1 style · 0 chosen"  # the status line, as text
 
@@ -206,11 +296,9 @@ def test_shipped_workflow_loads_and_matches_its_api_twin(server, tmp_path, name,
     (as each renderer draws them), and a screenshot of it goes to test-artifacts/browser/templates/."""
     ui, api = load(name)
     out = tmp_path / "api.json"
-    shots = os.path.join(ARTIFACTS, "templates")
+    shots = server.artifacts("templates")
     r = drive(server, "convert", ui, tmp_path, api_out=out, renderer=renderer, out=shots, name=name, timeout=300)
-    queued = json.loads(out.read_text())
-    for node in list(queued.values()) + list(api.values()):
-        node.pop("_meta", None)
+    queued, api = comparable(json.loads(out.read_text())), comparable(api)
     assert as_queued_for(api, queued) == api
     types = {n["type"] for n in ui["nodes"]}
     assert "Note" in types and "SaveImage" in types, f"{name}: every example explains itself and saves its images"
@@ -224,11 +312,17 @@ def test_shipped_workflow_loads_and_matches_its_api_twin(server, tmp_path, name,
 
 def test_template_browser_lists_the_templates_in_order_with_thumbnails(server, tmp_path):
     """The template browser (Comfy.BrowseTemplates) shows the pack's five templates with their
-    own .jpg thumbnails; A → Z puts them in their numbered order (its default, "Newest", keeps
-    the server's file order); the first one opens onto the canvas at 100%."""
-    out = os.path.join(ARTIFACTS, "templates")
+    own .jpg thumbnails; A → Z puts them in their numbered order (its default, "Newest" in 1.32 and
+    "Default" in 1.58, keeps the server's file order); the first one opens onto the canvas at 100%
+    (1.32), or (1.58, which frames a template whole) with every node on screen, drawn with its text."""
+    out = server.artifacts("templates")
     r = drive(server, "templates", {}, tmp_path, pack="ComfyUI-SAEmnesia", out=out, timeout=300)
     assert sorted(c["title"] for c in r["cards"]) == sorted(TITLES.values())
     assert all(c["loaded"] for c in r["cards"]), r["cards"]  # no card fell back to the default picture
     assert [c["title"] for c in r["sorted"]] == [TITLES[n] for n in NAMES]
-    assert r["opened"]["scale"] == 1 and r["opened"]["nodes"] == len(load(NAMES[0])[0]["nodes"]), r["opened"]
+    opened = r["opened"]
+    assert opened["nodes"] == len(load(NAMES[0])[0]["nodes"]) and opened["low_quality"] is False, opened
+    if FRONTEND_WAYS[server.frontend]["saved_view"]:
+        assert opened["scale"] == 1, opened
+    else:
+        assert opened["all_visible"] and opened["scale"] <= 1, opened

@@ -19,12 +19,14 @@ def free_port() -> int:
 
 class ComfyServer:
     def __init__(self, base_dir: str, models: dict[str, dict[str, str]] | None = None, port: int | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, front_end_root: str | None = None):
         """models: {"checkpoints": {"name.safetensors": "/path/to/file"}, "sae": {...}} are linked in.
         threads: torch CPU threads of the server (default: torch's choice, all cores). On a busy
-        shared CPU one thread can be many times faster: extra OpenMP threads spin waiting for a core."""
+        shared CPU one thread can be many times faster: extra OpenMP threads spin waiting for a core.
+        front_end_root: serve that frontend (a comfyui-frontend-package's static folder) instead of the pinned one."""
         self.base, self.port = base_dir, port or free_port()
         self.threads = threads
+        self.front_end_root = front_end_root  # another frontend's static folder (--front-end-root)
         self.url = f"http://127.0.0.1:{self.port}"
         os.makedirs(os.path.join(base_dir, "custom_nodes"), exist_ok=True)
         link = os.path.join(base_dir, "custom_nodes", "ComfyUI-SAEmnesia")
@@ -45,7 +47,8 @@ class ComfyServer:
             env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port",
-                                      str(self.port), "--base-directory", self.base, "--disable-auto-launch"],
+                                      str(self.port), "--base-directory", self.base, "--disable-auto-launch",
+                                      *(["--front-end-root", self.front_end_root] if self.front_end_root else [])],
                                      cwd=COMFYUI, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + timeout
         while time.time() < deadline:

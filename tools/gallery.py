@@ -23,6 +23,10 @@ SHOTS = {
     "erase_workflow_classic.png": "train_curve_and_heatmap_classic.jpg",
     "hostile/hostile_concept_menu_classic.png": "hostile_menu_classic.jpg",
     "hostile/hostile_concept_menu_vue.png": "hostile_menu_nodes2.jpg",
+    # the newer frontend the test also drives (tests/test_browser.py, tools/browser/newer-frontend.txt)
+    "frontend-1.58.1/templates/template_opened.png": "frontend_1_58_template_opened.jpg",
+    "frontend-1.58.1/templates/erase_several_concepts_minicanvas_vue.png": "frontend_1_58_erase_several_nodes2.jpg",
+    "frontend-1.58.1/hostile/hostile_concept_menu_classic.png": "frontend_1_58_hostile_menu_classic.jpg",
 }
 
 

@@ -4,6 +4,10 @@
 // Every command takes --renderer classic|vue (default classic): the frontend's node renderer,
 // "Comfy.VueNodes.Enabled" ("Nodes 2.0"). It is set each time: the setting is stored on the server.
 //
+// It drives frontend 1.32.9 (the one ComfyUI 0.3.75 pins) and 1.58.1 alike: each result says which
+// one it met ("frontend"); node ids are reported as strings (1.58 numbers nodes with strings);
+// where the two draw the same thing with different markup, the selectors below name both.
+//
 //   node drive.js run     --url URL --workflow ui.json --out DIR [--concept NAME | --expect NAME] [--timeout SEC]
 //       check the four help pages are served, load the UI-format workflow, check the Erase
 //       Concepts picker (wait until it lists NAME), pick NAME through the real combo menu
@@ -17,7 +21,8 @@
 //       real combo menu and record what the menu entries contain and whether any script ran.
 //   node drive.js templates --url URL --pack NAME --out DIR
 //       open the template browser on the pack's category: its cards, whether each thumbnail loaded,
-//       their order sorted A → Z; open the first one and report its zoom. Two screenshots.
+//       their order sorted A → Z; open the first one and report its zoom, whether every node is on
+//       screen and whether the canvas draws it in low detail. Two screenshots.
 //   node drive.js convert --url URL --workflow ui.json --ui-out saved.json --api-out api.json [--out DIR --name NAME]
 //       load a UI-format workflow and write what the frontend saves (UI format) and queues (API format);
 //       print where each node is drawn (overlaps, group titles covered, the view's scale); screenshot.
@@ -56,6 +61,7 @@ function parseArgs(argv) {
 const VIEWPORT = { width: 1920, height: 1080 };
 
 const LOG = []; // browser console errors/warnings, reported with the result or the error
+let FRONTEND = null; // the frontend's version (window.__COMFYUI_FRONTEND_VERSION__), reported likewise
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -72,6 +78,15 @@ async function waitFor(page, fn, arg, { timeout = 60000, what = "condition", eve
 }
 
 const VUE_NODES = "Comfy.VueNodes.Enabled";
+
+// A Nodes 2.0 combo's open list of options: a PrimeVue Select (1.32) or a reka-ui combobox (1.58).
+const VUE_OPTIONS = ".p-select-overlay li[role=option], [data-testid=widget-select-default-overlay] [role=option]";
+const VUE_MENU = ".p-select-overlay, [data-testid=widget-select-default-overlay]";
+// the classic canvas's combo menu (both)
+const CLASSIC_MENU = ".litecontextmenu";
+const CLASSIC_OPTIONS = ".litecontextmenu .litemenu-entry";
+// the template browser's sort menu (both; 1.58 has a second, hidden one for narrow windows)
+const TEMPLATE_SORT = { role: "combobox", name: "Sort by" };
 
 async function openComfy(context, url, log, renderer = "classic") {
   const page = await context.newPage();
@@ -94,6 +109,7 @@ async function openComfy(context, url, log, renderer = "classic") {
     { timeout: 120000, what: "the ComfyUI frontend with the SAEmnesia extension" }
   );
   await sleep(1500); // let the frontend finish restoring its start-up workflow before we load ours
+  FRONTEND = await page.evaluate(() => String(window.__COMFYUI_FRONTEND_VERSION__ ?? "unknown"));
   const vue = renderer === "vue";
   const now = await page.evaluate(
     async ({ key, vue }) => {
@@ -124,7 +140,7 @@ function pickerState() {
     const line = n.saemnesiaStatus;
     const box = line?.isConnected ? line.getBoundingClientRect() : null;
     return {
-      id: n.id,
+      id: String(n.id),
       values: picker ? [...picker.options.values] : null,
       status: n.saemnesia?.status ?? null,
       // the status line as the user sees it on the node
@@ -142,7 +158,7 @@ async function widgetPoint(page, nodeId, widgetName) {
   return page.evaluate(
     ({ nodeId, widgetName }) => {
       const app = window.comfyAPI.app.app;
-      const node = app.graph.getNodeById(nodeId);
+      const node = app.graph.nodes.find((n) => String(n.id) === nodeId);
       const w = node.widgets.find((x) => x.name === widgetName);
       const rect = app.canvas.canvas.getBoundingClientRect();
       const h = w.computedHeight ?? 20;
@@ -161,18 +177,18 @@ async function pickConcept(page, nodeId, concept, renderer = "classic") {
   await sleep(300);
   const at = await widgetPoint(page, nodeId, "add concept");
   await page.mouse.click(at.x, at.y);
-  const entry = page.locator(".litecontextmenu .litemenu-entry", { hasText: concept }).first();
+  const entry = page.locator(CLASSIC_OPTIONS, { hasText: concept }).first();
   await entry.waitFor({ state: "visible", timeout: 10000 });
-  const labels = await page.locator(".litecontextmenu .litemenu-entry").allInnerTexts();
+  const labels = await page.locator(CLASSIC_OPTIONS).allInnerTexts();
   return { entry, labels };
 }
 
-// Nodes 2.0: each node is DOM; the picker is a PrimeVue Select whose menu is an overlay list.
+// Nodes 2.0: each node is DOM; the picker is a Select whose menu is an overlay list.
 async function pickConceptVue(page, nodeId, concept) {
   const select = page.locator(`[data-node-id="${nodeId}"] [aria-label="add concept"]`).first();
   await select.waitFor({ state: "visible", timeout: 10000 });
   await select.click();
-  const options = page.locator(".p-select-overlay li[role=option]");
+  const options = page.locator(VUE_OPTIONS);
   await options.first().waitFor({ state: "visible", timeout: 10000 });
   const labels = await options.allInnerTexts();
   // entries read "+ name · kind · latent n" (or just the name): match the name exactly
@@ -208,7 +224,7 @@ async function rewire(page) {
     waitFor(
       page,
       ({ id, prev }) => {
-        const n = window.comfyAPI.app.app.graph.getNodeById(id);
+        const n = window.comfyAPI.app.app.graph.nodes.find((x) => x.id === id);
         const s = { values: [...n.widgets.find((w) => w.name === "add concept").options.values], status: n.saemnesia.status };
         return { ok: JSON.stringify(s) !== prev && !/loading/.test(s.status), ...s };
       },
@@ -272,7 +288,7 @@ async function run(opts) {
         const app = window.comfyAPI.app.app;
         const nodes = app.graph.nodes.filter((n) => (n.comfyClass ?? n.type) === "SAEmnesiaEraseConcepts");
         if (!nodes.length) return { fail: "no Erase Concepts node in the workflow" };
-        const states = nodes.map((n) => ({ id: n.id, values: n.widgets.find((w) => w.name === "add concept")?.options.values ?? [], status: n.saemnesia?.status }));
+        const states = nodes.map((n) => ({ id: String(n.id), values: n.widgets.find((w) => w.name === "add concept")?.options.values ?? [], status: n.saemnesia?.status }));
         return { ok: states.every((s) => !need || s.values.includes(need)), states };
       },
       opts.concept || opts.expect || null,
@@ -320,7 +336,7 @@ async function run(opts) {
         const shown = app.graph.nodes
           .filter((n) => ["SaveImage", "PreviewImage", "SAEmnesiaInspectNeuron"].includes(n.comfyClass ?? n.type))
           .map((n) => ({
-            id: n.id,
+            id: String(n.id),
             type: n.comfyClass ?? n.type,
             // the classic canvas draws node.imgs; Nodes 2.0 shows <img> elements in the node
             images: [...(n.imgs ?? []), ...document.querySelectorAll(`[data-node-id="${n.id}"] img`)]
@@ -329,7 +345,7 @@ async function run(opts) {
           }));
         const curves = app.graph.nodes
           .filter((n) => n.saemnesiaCurve)
-          .map((n) => ({ id: n.id, points: n.saemnesiaCurve.points.length, total: n.saemnesiaCurve.total, message: n.saemnesiaCurve.message }));
+          .map((n) => ({ id: String(n.id), points: n.saemnesiaCurve.points.length, total: n.saemnesiaCurve.total, message: n.saemnesiaCurve.message }));
         const ok = shown.length > 0 && shown.every((s) => s.images.length > 0);
         return { ok, shown, curves, train_events: run.train.length };
       },
@@ -400,8 +416,8 @@ async function hostile(opts) {
     );
     result.planned = planned;
     // 3. the real combo menu, as a user opens it (the canvas's context menu, or the Nodes 2.0 Select's list)
-    const menu = renderer === "vue" ? ".p-select-overlay" : ".litecontextmenu";
-    const entries = renderer === "vue" ? ".p-select-overlay li[role=option]" : ".litecontextmenu .litemenu-entry";
+    const menu = renderer === "vue" ? VUE_MENU : CLASSIC_MENU;
+    const entries = renderer === "vue" ? VUE_OPTIONS : CLASSIC_OPTIONS;
     if (renderer === "vue") {
       await page.locator(`[data-node-id="${planned.id}"] [aria-label="add concept"]`).first().click();
     } else {
@@ -414,16 +430,25 @@ async function hostile(opts) {
     await sleep(1500); // time for an injected <img onerror> to fire
     result.menu = await page.evaluate(
       (entries) =>
-        [...document.querySelectorAll(entries)].map((e) => ({
-          text: e.textContent,
-          html: e.innerHTML,
-          // elements besides the Select's own <span> around the label text
-          elements: e.querySelectorAll(":not(span[data-pc-section=optionlabel])").length,
-        })),
+        [...document.querySelectorAll(entries)].map((e) => {
+          // the label's own characters: one text node holding the whole entry's text (markup
+          // made of the label would split it into elements, whatever the frontend wraps it in)
+          const texts = [];
+          const walk = document.createTreeWalker(e, NodeFilter.SHOW_TEXT);
+          while (walk.nextNode()) if (walk.currentNode.data.trim()) texts.push(walk.currentNode.data);
+          return { text: e.textContent.trim(), html: e.innerHTML, one_text_node: texts.length === 1 && texts[0].trim() === e.textContent.trim() };
+        }),
       entries
     );
-    result.injected = await page.evaluate((menu) => document.querySelectorAll(`${menu} img, ${menu} script, ${menu} svg`).length, menu);
-    result.status_text = await page.evaluate((id) => window.comfyAPI.app.app.graph.getNodeById(id).saemnesiaStatus?.textContent ?? null, planned.id);
+    // elements a label's markup would make (the menu selector may list several menus)
+    result.injected = await page.evaluate(
+      (menu) => [...document.querySelectorAll(menu)].reduce((n, m) => n + m.querySelectorAll("img, script, svg, iframe, object").length, 0),
+      menu
+    );
+    result.status_text = await page.evaluate(
+      (id) => window.comfyAPI.app.app.graph.nodes.find((n) => String(n.id) === id).saemnesiaStatus?.textContent ?? null,
+      planned.id
+    );
     result.script_ran = await page.evaluate(() => window.__saemnesiaXss.length);
     if (opts.out) {
       fs.mkdirSync(opts.out, { recursive: true });
@@ -458,7 +483,7 @@ function layoutState(renderer) {
       const b = n.getBounding();
       box = [b[0], b[1], b[2], b[3]];
     }
-    boxes.push({ id: n.id, title: n.title, box: box.map((v) => Math.round(v)) });
+    boxes.push({ id: String(n.id), title: n.title, box: box.map((v) => Math.round(v)) });
   }
   const meet = (a, b) => Math.min(a[0] + a[2], b[0] + b[2]) - Math.max(a[0], b[0]) > 2 && Math.min(a[1] + a[3], b[1] + b[3]) - Math.max(a[1], b[1]) > 2;
   const overlaps = [];
@@ -528,7 +553,7 @@ async function templates(opts) {
     }, null, { timeout: 30000, what: "the pack's template cards and their thumbnails" });
     await sleep(500);
     result.cards = await cards();
-    await dialog.getByText("Newest", { exact: true }).first().click();
+    await dialog.getByRole(TEMPLATE_SORT.role, { name: TEMPLATE_SORT.name }).filter({ visible: true }).first().click();
     await page.getByRole("option", { name: "A → Z" }).click();
     await sleep(1000);
     result.sorted = await cards();
@@ -542,7 +567,21 @@ async function templates(opts) {
     await sleep(1500);
     result.opened = await page.evaluate(() => {
       const app = window.comfyAPI.app.app;
-      return { nodes: app.graph.nodes.length, scale: app.canvas.ds.scale, offset: [...app.canvas.ds.offset] };
+      const c = app.canvas;
+      c.ds.computeVisibleArea?.(c.viewport);
+      const [vx, vy, vw, vh] = c.ds.visible_area ?? c.visible_area;
+      const inside = (n) => {
+        const [x, y, w, h] = n.getBounding();
+        return x >= vx && y >= vy && x + w <= vx + vw && y + h <= vy + vh;
+      };
+      return {
+        nodes: app.graph.nodes.length,
+        scale: c.ds.scale,
+        offset: [...c.ds.offset],
+        // every node on screen, and drawn with its text (not the low-detail boxes of a far zoom)
+        all_visible: app.graph.nodes.every(inside),
+        low_quality: c.low_quality ?? null,
+      };
     });
     const opened = path.join(opts.out, "template_opened.png");
     await page.screenshot({ path: opened });
@@ -564,9 +603,9 @@ async function main() {
   }
   try {
     const result = await commands[cmd](opts);
-    process.stdout.write(JSON.stringify(result) + "\n");
+    process.stdout.write(JSON.stringify({ ...result, frontend: FRONTEND }) + "\n");
   } catch (err) {
-    process.stdout.write(JSON.stringify({ error: String(err?.stack ?? err), log: LOG }) + "\n");
+    process.stdout.write(JSON.stringify({ error: String(err?.stack ?? err), log: LOG, frontend: FRONTEND }) + "\n");
     process.exit(1);
   }
 }
