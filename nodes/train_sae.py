@@ -260,12 +260,12 @@ def plan_run(model, latent, name, objects, styles, templates, labelled_prompts, 
     out_path = sae_folder.output_path(name, overwrite)
     prompts = assemble_prompts(objects, styles, templates, labelled_prompts)
     model_steps = len(prompts) * seeds_per_prompt * steps
-    estimate = (f"{len(prompts):,} prompts x {seeds_per_prompt} seeds x {steps} steps = {model_steps:,} model steps "
-                f"to sample, then {train_steps:,} training steps")
+    sampling = f"{len(prompts):,} prompts x {seeds_per_prompt} seeds x {steps} steps = {model_steps:,} model steps to sample"
     if model_steps > MAX_COLLECTION_STEPS:
-        raise SAEError(f"This run would sample {estimate.split(', then')[0]}; Train SAE from Prompts samples at most "
+        raise SAEError(f"This run would sample {sampling}; Train SAE from Prompts samples at most "
                        f"{MAX_COLLECTION_STEPS:,} per run (and at most {MAX_TRAIN_PROMPTS:,} prompts). Use fewer "
                        "prompts, seeds_per_prompt or steps.")
+    estimate = f"{sampling}, then {train_steps:,} training steps"
     hooks = _hook_points(model, check_text(hook_point, "hook_point", MAX_TRAIN_BOX_CHARS))
     widths = {h: _width(model, h) for h in hooks}
     for h, w in widths.items():
