@@ -15,7 +15,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from saemnesia_core import SAEError, SAEInfo, TrainingCancelled, load_sae
-from saemnesia_core.activations import INDEX, ActivationStore, ActivationWriter
+from saemnesia_core.activations import INDEX, ActivationStore, ActivationWriter, positions
 from saemnesia_core.checkpoint import CONTEXT, save_sae_set
 from saemnesia_core.fileio import save_json_atomic
 from saemnesia_core.handover import fit_concept_handovers
@@ -49,15 +49,6 @@ def _say(node, text: str):
 
 
 BAR = 1000  # progress bar resolution: the bar is a time fraction, not an item count
-
-
-def _default_hook(model) -> str:
-    blocks = [b for b in model_patch.transformer_blocks(model) if b.startswith("output_blocks")]
-    if "output_blocks.4.1" in blocks:
-        return "output_blocks.4.1"  # SAeUron's object block on SD1.x
-    if not blocks:
-        raise SAEError("This model has no output transformer blocks to train an SAE on; set hook_point explicitly.")
-    return blocks[len(blocks) // 2 - 1] if len(blocks) > 1 else blocks[0]
 
 
 class TrainSAEFromPrompts(io.ComfyNode):
@@ -268,22 +259,13 @@ def _floor_pow2(n: int) -> int:
 
 
 def _hook_points(model, text: str) -> list[str]:
-    """'auto', one hook point, or several (comma separated): each a transformer block or 'context'."""
-    hooks = list(dict.fromkeys(_default_hook(model) if h in ("", "auto") else h for h in (split_list(text) or ["auto"])))
-    for h in hooks:
-        if h != CONTEXT and model_patch.diffusion_module(model, h) is None:
-            raise SAEError(f"This model has no transformer block '{h}'. Its blocks: "
-                           f"{', '.join(model_patch.transformer_blocks(model))}; or 'context' for the text states.")
-    return hooks
+    """'auto', one hook point, or several (comma separated): each a block of the model's family
+    (in ComfyUI's or diffusers' naming, ':txt' / ':update' qualified) or 'context'."""
+    return model_patch.resolve_hooks(model, split_list(text) or ["auto"])
 
 
 def _width(model, hook: str) -> int:
-    if hook == CONTEXT:
-        width = model_patch.context_width(model)
-        if width is None:
-            raise SAEError("This model has no cross-attention, so there is no 'context' to train an SAE on.")
-        return width
-    return model_patch.block_width(model_patch.diffusion_module(model, hook))
+    return model_patch.hook_width(model, hook)
 
 
 def _collect(model, clip, prompts, widths: dict[str, int], samples, settings, run_dir, on_prompt, on_reuse) -> dict[str, ActivationStore]:
@@ -309,7 +291,7 @@ def _collect(model, clip, prompts, widths: dict[str, int], samples, settings, ru
     current = {"prompt": 0}
 
     def sink(hook):
-        return lambda h, info: writers[hook].add(h.permute(0, 2, 3, 1).reshape(-1, h.shape[1]), info["timestep"], current["prompt"])
+        return lambda h, info: writers[hook].add(positions(h), info["timestep"], current["prompt"])
     probe = model_patch.capture_patches(model, {h: sink(h) for h in blocks}) if blocks else None
     empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))
     if CONTEXT in widths:

@@ -91,3 +91,89 @@ def sd15_random_checkpoint(seed: int = 0) -> str:
     comfy.sd.save_checkpoint(tmp, patcher, clip, vae, metadata={"note": "random weights, SAEmnesia tests"})
     os.replace(tmp, path)
     return path
+
+
+# --- shrunken models of other families ---------------------------------------------------------
+# ComfyUI's own config classes (comfy.supported_models) with tiny widths and depths, weights
+# randomised as above; each builds in well under a second and samples a 16-32 px latent in a
+# fraction of one. The text encoders are ComfyUI's own classes, shrunk through
+# `<name>_model_config` model options (their real tokenizers, tiny transformers).
+CLIP_L = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2, "projection_dim": 32}
+CLIP_G = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_hidden_layers": 2, "projection_dim": 64}
+T5 = {"d_model": 48, "d_ff": 96, "d_kv": 24, "num_heads": 2, "num_layers": 2}
+
+TINY_UNETS = {
+    # SDXL's real block layout (input_blocks.4/5/7/8, middle_block, output_blocks.0-5) at 32 channels:
+    # context = CLIP-L (32) + CLIP-G (64) states, y = CLIP-G's pooled (64) + 6 size embeddings (1536)
+    "sdxl": {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+             "legacy": False, "num_classes": "sequential", "adm_in_channels": 64 + 1536, "in_channels": 4,
+             "model_channels": 32, "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 1, 1, 1, 1],
+             "channel_mult": [1, 2, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": True,
+             "context_dim": 96, "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1],
+             "use_temporal_attention": False, "use_temporal_resblock": False},
+    # SD3's text: CLIP-L + CLIP-G states padded to 4096 (ComfyUI pads to T5-XXL's width); pooled 32 + 64
+    "sd3": {"in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 2, "input_size": None, "adm_in_channels": 96,
+            "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}},
+            "num_patches": 32 * 32, "pos_embed_max_size": 32, "pos_embed_scaling_factor": None,
+            "x_block_self_attn_layers": []},
+    # Flux: T5 (48) states, CLIP-L's pooled (32, unprojected)
+    "flux": {"image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16, "vec_in_dim": 32,
+             "context_in_dim": 48, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 2,
+             "depth_single_blocks": 2, "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True, "patch_size": 2},
+    "lumina2": {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64, "cap_feat_dim": 48, "n_layers": 2,
+                "qk_norm": True, "n_heads": 2, "n_kv_heads": 2, "axes_dims": [8, 12, 12], "axes_lens": [300, 64, 64],
+                "rope_theta": 10000.0, "ffn_dim_multiplier": 2.0, "multiple_of": 16, "n_refiner_layers": 1},
+}
+TINY_CONFIGS = {"sdxl": "SDXL", "sd3": "SD3", "flux": "Flux", "lumina2": "Lumina2"}
+TINY_LATENT_CHANNELS = {"sdxl": 4, "sd3": 16, "flux": 16, "lumina2": 16}
+TINY_TEXT = {"sdxl": (96, 64), "sd3": (4096, 96), "flux": (48, 32), "lumina2": (48, None)}  # (context, pooled) widths
+
+
+def tiny_model(family: str, seed: int = 0):
+    """A MODEL (ModelPatcher) of `family` (one of TINY_UNETS) with random weights."""
+    import_comfy()
+    import torch
+
+    import comfy.model_patcher
+    import comfy.supported_models
+    cfg = getattr(comfy.supported_models, TINY_CONFIGS[family])(dict(TINY_UNETS[family]))
+    if family == "sdxl":
+        cfg.unet_config["num_head_channels"] = 16  # the class sets SDXL's 64, more than a 32-channel level has
+    cfg.set_inference_dtype(torch.float32, None)  # as ComfyUI's checkpoint loader does
+    model = cfg.get_model({})
+    _randomize(model.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def tiny_clip(family: str, seed: int = 0):
+    """The family's own text encoders (CLIP object), shrunk, random weights; None where they are not
+    cheap to build here (Lumina 2's Gemma needs its tokenizer from a checkpoint)."""
+    import_comfy()
+    import comfy.sd
+    import comfy.sdxl_clip
+    import comfy.text_encoders.flux
+    import comfy.text_encoders.sd3_clip
+    from comfy.supported_models_base import ClipTarget
+    if family == "sdxl":
+        target = ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel)
+    elif family == "flux":
+        target = ClipTarget(comfy.text_encoders.flux.FluxTokenizer, comfy.text_encoders.flux.flux_clip())
+    elif family == "sd3":
+        target = ClipTarget(comfy.text_encoders.sd3_clip.SD3Tokenizer, comfy.text_encoders.sd3_clip.sd3_clip(t5=False))
+    else:
+        return None
+    options = {"clip_l_model_config": dict(CLIP_L), "clip_g_model_config": dict(CLIP_G), "t5xxl_model_config": dict(T5)}
+    clip = comfy.sd.CLIP(target, embedding_directory=None, model_options=options)
+    _randomize(clip.cond_stage_model, seed + 1)
+    return clip
+
+
+def tiny_cond(family: str, seed: int = 0, batch: int = 1, tokens: int = 12):
+    """Conditioning as CLIPTextEncode gives it, made by hand (random states of the family's widths)."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    width, pooled = TINY_TEXT[family]
+    extra = {} if pooled is None else {"pooled_output": torch.randn(batch, pooled, generator=g)}
+    if family == "flux":
+        extra["guidance"] = 3.5
+    return [[torch.randn(batch, tokens, width, generator=g), extra]]

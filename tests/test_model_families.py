@@ -1,0 +1,287 @@
+"""Every model family the pack knows, in the real ComfyUI with the stock sampler, on shrunken
+random-weight models built from ComfyUI's own config classes (tools/comfy_env.tiny_model):
+SDXL, SD3, Flux and Lumina 2. One or two sampling steps on 16 px latents: seconds each."""
+import pytest
+import torch
+
+pytestmark = [pytest.mark.comfy, pytest.mark.usefixtures("one_torch_thread")]
+
+FAMILIES = ["sdxl", "sd3", "flux", "lumina2"]
+LATENT_PX = 16  # latent pixels a side: DiT grids of 8 x 8 tokens, SDXL maps down to 4 x 4
+STEPS = 2
+# one block of each kind per family: (hook point, channels, grid side of its activations; 0 = text tokens)
+BLOCKS = {
+    "sdxl": [("output_blocks.1.1", 128, 4), ("input_blocks.8.1:update", 128, 4)],
+    "sd3": [("joint_blocks.0", 128, 8), ("joint_blocks.0:txt", 128, 0)],
+    "flux": [("double_blocks.1", 64, 8), ("double_blocks.0:txt", 64, 0), ("single_blocks.1", 64, 8)],
+    "lumina2": [("layers.1", 64, 8), ("layers.0:txt", 64, 0)],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(comfy, pack):
+    """(MODEL, cond, neg) per family, built once."""
+    from tools import comfy_env
+    built = {}
+
+    def get(family):
+        if family not in built:
+            built[family] = (comfy_env.tiny_model(family), comfy_env.tiny_cond(family, seed=1),
+                             comfy_env.tiny_cond(family, seed=2))
+        return built[family]
+    return get
+
+
+def latent(family, batch=1):
+    from tools import comfy_env
+    return torch.zeros(batch, comfy_env.TINY_LATENT_CHANNELS[family], LATENT_PX, LATENT_PX)
+
+
+def sample(model, cond, neg, family, seed=0, steps=STEPS):
+    import comfy.sample
+    lat = latent(family)
+    noise = comfy.sample.prepare_noise(lat, seed)
+    with torch.inference_mode():
+        return comfy.sample.sample(model, noise, steps, 3.0, "euler", "simple", cond, neg, lat, seed=seed,
+                                   disable_pbar=True)
+
+
+def capture(model, cond, neg, family, hook, cond_only=False):
+    from saemnesia_pack.nodes import model_patch
+    got = []
+    probe = model_patch.capture_patch(model, hook, lambda h, info: got.append((h.clone(), info)), cond_only=cond_only)
+    sample(probe, cond, neg, family)
+    return got
+
+
+def firing_sae(d_in, fire=True, seed=0, hook="", family="", n_latents=64, k=4, training=None):
+    """A random SAE whose concept 'thing' is latent 3: it fires at every position (a large encoder
+    bias), or nowhere (a large negative one)."""
+    from saemnesia_core import LoadedSAE, SAEInfo, TopKSAE
+    from saemnesia_core.concepts import Concept, ConceptIndex, Selection
+    sae = TopKSAE(d_in, n_latents, k)
+    sae.reset_parameters(torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        sae.b_enc[3] = 50.0 if fire else -1e4
+    sae.requires_grad_(False)
+    sel = [Selection([3], [1.0], [50.0], [0.0])]
+    index = ConceptIndex(timesteps=[500.0], default_mode="neuron", default_multiplier=-2.0,
+                         concepts={"thing": Concept("thing", "object", 3, sel)})
+    return LoadedSAE(sae, SAEInfo(hook, family, index, training or {}))
+
+
+def erase(model, loaded, mode="neuron", multiplier=-2.0, strength=1.0):
+    from saemnesia_pack.nodes.erase_concepts import EraseConcepts
+    return EraseConcepts.execute(model, loaded, "thing", mode, strength, multiplier, "both", 0.0, 1.0).args[0]
+
+
+# --- the family table ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family, name, default", [
+    ("sdxl", "SDXL", "input_blocks.8.1:update"), ("sd3", "SD3 / SD3.5", "joint_blocks.1"),
+    ("flux", "Flux", "double_blocks.1"), ("lumina2", "Lumina 2", "layers.1")])
+def test_each_family_is_known_with_its_blocks_and_default(tiny, family, name, default):
+    from saemnesia_pack.nodes import model_patch
+    model = tiny(family)[0]
+    assert model_patch.family_of(model).name == name
+    assert model_patch.default_hook(model) == default
+    blocks = model_patch.transformer_blocks(model)
+    assert default.split(":")[0] in blocks
+    for hook, width, _ in BLOCKS[family]:
+        assert model_patch.hook_width(model, hook) == width
+    with pytest.raises(Exception) as e:
+        model_patch.parse_hook(model, "output_blocks.40.1")
+    assert blocks[0] in str(e.value) and name in str(e.value)  # the message lists this model's own blocks
+
+
+def test_sdxl_blocks_in_diffusers_names_and_published_blocks(tiny):
+    """Surkov et al.'s SDXL blocks, named as diffusers names them, are ComfyUI's blocks (mapped by
+    comfy.utils.unet_to_diffusers), output or update."""
+    from saemnesia_pack.nodes import model_patch
+    model = tiny("sdxl")[0]
+    want = {"down_blocks.2.attentions.1": "input_blocks.8.1", "mid_block.attentions.0": "middle_block.1",
+            "up_blocks.0.attentions.0": "output_blocks.0.1", "up_blocks.0.attentions.1": "output_blocks.1.1"}
+    for diffusers, ldm in want.items():
+        assert model_patch.resolve_hooks(model, [diffusers, diffusers + ":update"]) == [ldm, ldm + ":update"]
+    flux = tiny("flux")[0]
+    assert model_patch.resolve_hooks(flux, ["transformer_blocks.1", "single_transformer_blocks.0"]) == \
+        ["double_blocks.1", "single_blocks.0"]
+
+
+def test_an_unknown_family_is_named_with_the_supported_ones(comfy, pack):
+    from types import SimpleNamespace
+
+    from saemnesia_pack.nodes import model_patch
+
+    import comfy.supported_models
+
+    from saemnesia_core import IncompatibleSAEError
+    config = comfy.supported_models.GenmoMochi({"image_model": "mochi_preview"})
+    model = SimpleNamespace(model=SimpleNamespace(model_config=config),
+                            get_model_object=lambda name: torch.nn.Linear(1, 1))
+    with pytest.raises(IncompatibleSAEError) as e:
+        model_patch.family_of(model)
+    text = str(e.value)
+    assert "GenmoMochi" in text and "mochi_preview" in text
+    for name in ("SDXL", "SD3", "Flux", "Lumina 2", "Qwen-Image", "HunyuanDiT", "AuraFlow"):
+        assert name in text
+
+
+# --- blocks -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_activations_are_the_blocks_own_on_the_latent_grid(tiny, family):
+    """What a patch hands an SAE is exactly what the block computes: image tokens folded back to
+    the latent's grid ([B, C, h, w], as on a UNet), text tokens as [B, T, C], updates as output
+    minus input, compared with forward hooks on the same modules."""
+    model, cond, neg = tiny(family)
+    dm = model.model.diffusion_model
+    for hook, width, side in BLOCKS[family]:
+        block = hook.split(":")[0]
+        module = dm.get_submodule(block)
+        seen = []
+        handle = module.register_forward_hook(lambda m, a, kw, out: seen.append(_cloned((a, kw, out))), with_kwargs=True)
+        try:
+            got = capture(model, cond, neg, family, hook)
+        finally:
+            handle.remove()
+        assert len(got) == len(seen) == STEPS, hook
+        for (h, _), (args, kwargs, out) in zip(got, seen):
+            assert h.shape[1 if side else 2] == width, hook
+            if side:
+                assert h.shape[-2:] == (side, side), hook
+            ref = _reference(family, hook, args, kwargs, out, side)
+            assert torch.equal(h, ref), hook
+
+
+def _cloned(value):
+    """A copy of a block's inputs and outputs: the next blocks update some of them in place."""
+    if torch.is_tensor(value):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cloned(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _cloned(v) for k, v in value.items()}
+    return value
+
+
+def _reference(family, hook, args, kwargs, out, side):
+    """The hook's activations, computed from the block's inputs and outputs by hand."""
+    text = ":txt" in hook
+    if family == "sdxl":
+        return out - args[0] if hook.endswith(":update") else out
+    if family == "flux" and hook.startswith("double"):
+        stream = out[1] if text else out[0]
+    elif family == "sd3":
+        stream = out[0] if text else out[1]
+    else:
+        stream = out  # joint: text tokens first (12 of them in tiny_cond), then the image's
+        stream = stream[:, :12] if text else stream[:, 12:]
+    if text:
+        return stream
+    tokens = stream[:, :side * side]
+    return tokens.reshape(tokens.shape[0], side, side, -1).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_erase_changes_the_picture_only_where_the_concept_fires(tiny, family):
+    model, cond, neg = tiny(family)
+    base = sample(model, cond, neg, family)
+    for hook, width, _ in BLOCKS[family]:
+        silent = sample(erase(model, firing_sae(width, fire=False, hook=hook, family=family)), cond, neg, family)
+        assert torch.equal(silent, base), hook  # the latent never fires: bit-identical picture
+        erased = sample(erase(model, firing_sae(width, hook=hook, family=family)), cond, neg, family)
+        assert (erased - base).abs().max() > 1e-3, hook
+    assert torch.equal(sample(model, cond, neg, family), base)  # the unpatched MODEL is untouched
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_per_replace_runs_on_dit_grids(tiny, family):
+    """PER's donors are other positions of the same picture: on a DiT, positions of the folded grid."""
+    model, cond, neg = tiny(family)
+    hook, width, _ = BLOCKS[family][0]
+    loaded = firing_sae(width, hook=hook, family=family)
+    base = sample(model, cond, neg, family)
+    assert (sample(erase(model, loaded, mode="replace"), cond, neg, family) - base).abs().max() > 1e-3
+
+
+# --- text states --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_text_sae_edits_the_text_states_every_family_reads(tiny, family):
+    from saemnesia_pack.nodes import model_patch
+
+    from saemnesia_core.checkpoint import CONTEXT
+    model, cond, neg = tiny(family)
+    width = model_patch.context_width(model)
+    dm = model.model.diffusion_model
+    seen = []
+    handle = dm.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("context", a[2] if len(a) > 2 else None)),
+                                          with_kwargs=True)
+    try:
+        base = sample(model, cond, neg, family)
+        plain = list(seen)
+        seen.clear()
+        silent = sample(erase(model, firing_sae(width, fire=False, hook=CONTEXT, family=family)), cond, neg, family)
+        assert torch.equal(silent, base) and all(torch.equal(a, b) for a, b in zip(seen, plain))
+        seen.clear()
+        erased = sample(erase(model, firing_sae(width, hook=CONTEXT, family=family)), cond, neg, family)
+    finally:
+        handle.remove()
+    assert not torch.equal(seen[0], plain[0])  # the diffusion model read edited text states
+    assert (erased - base).abs().max() > 1e-3
+    assert torch.equal(sample(model, cond, neg, family), base)
+
+
+@pytest.mark.parametrize("family, pooled_at", [("sdxl", 64), ("sd3", 96), ("flux", 32)])
+def test_pooled_vector_moves_away_from_the_erased_concept(tiny, family, pooled_at):
+    """SDXL's y (CLIP-G pooled, then size embeddings), SD3's and Flux's pooled CLIP: where the
+    concept is in the prompt, the pooled part moves by the SAE's recorded shift; the rest of y and
+    prompts without the concept stay."""
+    from saemnesia_pack.nodes import model_patch
+
+    from saemnesia_core.checkpoint import CONTEXT
+    model, cond, neg = tiny(family)
+    shift = torch.linspace(-1, 1, pooled_at)
+    training = {"pooled": {"width": pooled_at, "concepts": {"thing": shift.tolist()}}}
+    width = model_patch.context_width(model)
+    dm = model.model.diffusion_model
+    ys = []
+    handle = dm.register_forward_pre_hook(lambda m, a, kw: ys.append(kw["y"].clone()), with_kwargs=True)
+    try:
+        sample(model, cond, neg, family, steps=1)
+        sample(erase(model, firing_sae(width, hook=CONTEXT, family=family, training=training), strength=0.5),
+               cond, neg, family, steps=1)
+        sample(erase(model, firing_sae(width, fire=False, hook=CONTEXT, family=family, training=training)),
+               cond, neg, family, steps=1)
+    finally:
+        handle.remove()
+    plain, moved, kept = ys
+    assert torch.allclose(moved[:, :pooled_at] - plain[:, :pooled_at], 0.5 * shift.expand(plain.shape[0], -1), atol=1e-5)
+    assert torch.equal(moved[:, pooled_at:], plain[:, pooled_at:])  # SDXL's size embeddings stay
+    assert torch.equal(kept, plain)  # the concept is not in the prompt: the pooled vector stays
+
+
+def test_a_text_sae_of_another_family_is_refused(tiny):
+    from saemnesia_pack.nodes import model_patch
+
+    from saemnesia_core import IncompatibleSAEError
+    from saemnesia_core.checkpoint import CONTEXT
+    sdxl, flux, sd3 = tiny("sdxl")[0], tiny("flux")[0], tiny("sd3")[0]
+    from_sdxl = firing_sae(96, hook=CONTEXT, family="sdxl")
+    with pytest.raises(IncompatibleSAEError) as e:
+        erase(flux, from_sdxl)
+    assert "SDXL" in str(e.value) and "Flux" in str(e.value) and "CLIP-L + CLIP-G" in str(e.value)
+    # SD3 and Flux both read 4096-wide T5 states at full size: the width alone cannot tell them apart
+    from_flux = firing_sae(model_patch.context_width(sd3), hook=CONTEXT, family="flux")
+    with pytest.raises(IncompatibleSAEError, match="T5-XXL.*SD3"):
+        erase(sd3, from_flux)
+    recorded = firing_sae(96, hook=CONTEXT, family="custom", training={"text": {"encoders": "T5-XXL"}})
+    with pytest.raises(IncompatibleSAEError, match="T5-XXL"):
+        erase(sdxl, recorded)
+    block = firing_sae(64, hook="double_blocks.1", family="flux")
+    with pytest.raises(IncompatibleSAEError, match="no transformer block 'double_blocks.1'.*input_blocks.4.1"):
+        erase(sdxl, block)
