@@ -1,22 +1,33 @@
 """Every model family the pack knows, in the real ComfyUI with the stock sampler, on shrunken
 random-weight models built from ComfyUI's own config classes (tools/comfy_env.tiny_model):
-SDXL, SD3, Flux and Lumina 2. One or two sampling steps on 16 px latents: seconds each."""
+SDXL, SD3, Flux, Chroma, Lumina 2, Qwen-Image, HunyuanDiT and AuraFlow. One or two sampling
+steps on 16 px latents: seconds each."""
 import pytest
 import torch
 
 pytestmark = [pytest.mark.comfy, pytest.mark.usefixtures("one_torch_thread")]
 
-FAMILIES = ["sdxl", "sd3", "flux", "lumina2"]
-LATENT_PX = 16  # latent pixels a side: DiT grids of 8 x 8 tokens, SDXL maps down to 4 x 4
+FAMILIES = ["sdxl", "sd3", "flux", "chroma", "lumina2", "qwenimage", "hunyuandit", "auraflow"]
 STEPS = 2
-# one block of each kind per family: (hook point, channels, grid side of its activations; 0 = text tokens)
+# blocks of each kind per family: (hook point, channels, grid side of its activations; 0 = text tokens).
+# A 16 px latent is an 8 x 8 grid of 2 x 2 patches on every DiT; SDXL's blocks see 4 x 4 maps.
 BLOCKS = {
     "sdxl": [("output_blocks.1.1", 128, 4), ("input_blocks.8.1:update", 128, 4)],
     "sd3": [("joint_blocks.0", 128, 8), ("joint_blocks.0:txt", 128, 0)],
     "flux": [("double_blocks.1", 64, 8), ("double_blocks.0:txt", 64, 0), ("single_blocks.1", 64, 8)],
+    "chroma": [("double_blocks.1", 64, 8), ("single_blocks.0:txt", 64, 0)],
     "lumina2": [("layers.1", 64, 8), ("layers.0:txt", 64, 0)],
+    "qwenimage": [("transformer_blocks.1", 64, 8), ("transformer_blocks.0:txt", 64, 0)],
+    "hunyuandit": [("blocks.1", 64, 8)],
+    "auraflow": [("double_layers.0", 64, 8), ("double_layers.0:txt", 64, 0), ("single_layers.0:update", 64, 8)],
 }
-
+# what each family's blocks return, read off ComfyUI's code (comfy/ldm/*): a pair (and which item
+# is the image), one sequence of text then image tokens (and how many text tokens lead), or image tokens
+LAYOUT = {
+    "double_blocks": ("pair", 0), "joint_blocks": ("pair", 1), "transformer_blocks": ("pair", 1),
+    "double_layers": ("pair", 1), "single_blocks": ("joint", 12), "layers": ("joint", 12),
+    "single_layers": ("joint", 8 + 12), "blocks": ("image", 0),  # AuraFlow: 8 register tokens before the text
+}
 
 @pytest.fixture(scope="module")
 def tiny(comfy, pack):
@@ -32,9 +43,9 @@ def tiny(comfy, pack):
     return get
 
 
-def latent(family, batch=1):
+def latent(family):
     from tools import comfy_env
-    return torch.zeros(batch, comfy_env.TINY_LATENT_CHANNELS[family], LATENT_PX, LATENT_PX)
+    return comfy_env.tiny_latent(family)
 
 
 def sample(model, cond, neg, family, seed=0, steps=STEPS):
@@ -80,7 +91,9 @@ def erase(model, loaded, mode="neuron", multiplier=-2.0, strength=1.0):
 
 @pytest.mark.parametrize("family, name, default", [
     ("sdxl", "SDXL", "input_blocks.8.1:update"), ("sd3", "SD3 / SD3.5", "joint_blocks.1"),
-    ("flux", "Flux", "double_blocks.1"), ("lumina2", "Lumina 2", "layers.1")])
+    ("flux", "Flux", "double_blocks.1"), ("chroma", "Chroma", "double_blocks.1"), ("lumina2", "Lumina 2", "layers.1"),
+    ("qwenimage", "Qwen-Image", "transformer_blocks.1"), ("hunyuandit", "HunyuanDiT", "blocks.1"),
+    ("auraflow", "AuraFlow", "single_layers.0")])
 def test_each_family_is_known_with_its_blocks_and_default(tiny, family, name, default):
     from saemnesia_pack.nodes import model_patch
     model = tiny(family)[0]
@@ -169,16 +182,19 @@ def _cloned(value):
 
 def _reference(family, hook, args, kwargs, out, side):
     """The hook's activations, computed from the block's inputs and outputs by hand."""
-    text = ":txt" in hook
     if family == "sdxl":
         return out - args[0] if hook.endswith(":update") else out
-    if family == "flux" and hook.startswith("double"):
-        stream = out[1] if text else out[0]
-    elif family == "sd3":
-        stream = out[0] if text else out[1]
+    text = ":txt" in hook
+    kind, at = LAYOUT[hook.split(".")[0]]
+    if kind == "pair":
+        stream = out[at] if not text else out[1 - at]
+    elif kind == "joint":
+        stream = out[:, :at] if text else out[:, at:]
     else:
-        stream = out  # joint: text tokens first (12 of them in tiny_cond), then the image's
-        stream = stream[:, :12] if text else stream[:, 12:]
+        stream = out
+    if hook.endswith(":update"):  # the joint input: the first positional argument
+        inp = args[0]
+        stream = stream - (inp[:, :at] if text else inp[:, at:])
     if text:
         return stream
     tokens = stream[:, :side * side]
@@ -285,3 +301,41 @@ def test_a_text_sae_of_another_family_is_refused(tiny):
     block = firing_sae(64, hook="double_blocks.1", family="flux")
     with pytest.raises(IncompatibleSAEError, match="no transformer block 'double_blocks.1'.*input_blocks.4.1"):
         erase(sdxl, block)
+
+
+# --- Inspect -----------------------------------------------------------------------------------
+
+
+class PatchVAE:
+    """A stand-in VAE: each latent pixel becomes an 8 x 8 block of its first three channels. What is
+    tested is where the heatmap lands, not the VAE (ComfyUI's have no shrinkable size)."""
+
+    def decode(self, samples):
+        return torch.sigmoid(samples[:, :3]).repeat_interleave(8, -1).repeat_interleave(8, -2).movedim(1, -1)
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux", "lumina2"])
+def test_inspect_draws_the_heatmap_on_the_image_grid(tiny, family, monkeypatch):
+    from saemnesia_pack.nodes import inspect_neuron
+
+    from saemnesia_core import SAEError
+    model, cond, _ = tiny(family)
+    hook, width, side = BLOCKS[family][0]
+    maps = []
+    real = inspect_neuron.activation_map
+    monkeypatch.setattr(inspect_neuron, "activation_map",
+                        lambda *a: (lambda out: maps.append(out[0]) or out)(real(*a)))
+    run = inspect_neuron.InspectNeuron.execute
+    lat = {"samples": torch.randn(latent(family).shape, generator=torch.Generator().manual_seed(0))}
+    heat, text = run(model, firing_sae(width, hook=hook, family=family), PatchVAE(), cond, "concept", "thing", 0,
+                     1, 2, "simple", 0, latent=lat).args
+    assert maps[0].shape == (1, side, side) and bool((maps[0] > 0).all())  # the latent fires at every grid cell
+    assert heat.shape[1:3][1] == 256 and "thing" in text  # the 128 px picture, enlarged to 256 px, scale below
+    plain = run(model, firing_sae(width, fire=False, hook=hook, family=family), PatchVAE(), cond, "concept", "thing",
+                0, 1, 2, "simple", 0, latent=lat).args[0]
+    assert not torch.equal(heat[:, :256], plain[:, :256])  # a silent latent shows the bare picture
+    if family != "sdxl":
+        text_hook = next(h for h, _, s in BLOCKS[family] if not s)
+        with pytest.raises(SAEError, match="text stream"):
+            run(model, firing_sae(width, hook=text_hook, family=family), PatchVAE(), cond, "neuron", "", 3, 1, 2,
+                "simple", 0, latent=lat)
