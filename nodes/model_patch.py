@@ -374,16 +374,18 @@ def _check_member(model, loaded: LoadedSAE):
                 f"The SAE expects text states of width {loaded.sae.d_in}, but this {family.name} model reads {width}. "
                 f"The SAE was made for another model family ({made_name}); use one trained on this model.")
         return
+    other = f"This SAE was made for {made_for.name} models, and this is a {family.name} model. " \
+        if made_for is not None and made_for is not family else ""
     try:
         parsed = parse_hook(model, hook)
     except SAEError as e:
         raise IncompatibleSAEError(
-            f"The SAE ({made_name}, d_in {loaded.sae.d_in}) was trained on '{hook}'. {e} Use an SAE trained for this "
-            "model (or train one with 'Train SAE from Prompts').") from None
+            f"{other}The SAE ({made_name}, d_in {loaded.sae.d_in}) was trained on '{hook}'. {e} Use an SAE trained for "
+            "this model (or train one with 'Train SAE from Prompts').") from None
     width = hook_width(model, str(parsed))
     if width is not None and width != loaded.sae.d_in:
         raise IncompatibleSAEError(
-            f"The SAE expects {loaded.sae.d_in} channels at '{hook}', but this {family.name} model's block '{hook}' has "
+            f"{other}The SAE expects {loaded.sae.d_in} channels at '{hook}', but this {family.name} model's block '{hook}' has "
             f"{width}. The SAE was made for another model family ({made_name}); use one trained on this model.")
 
 

@@ -19,6 +19,7 @@ from saemnesia_core.activations import INDEX, ActivationStore, ActivationWriter,
 from saemnesia_core.checkpoint import CONTEXT, save_sae_set
 from saemnesia_core.fileio import save_json_atomic
 from saemnesia_core.handover import fit_concept_handovers
+from saemnesia_core.intervention import pooled_record
 from saemnesia_core.progress import TimeWeightedProgress, guess_step_seconds
 from saemnesia_core.prompts import DEFAULT_TEMPLATES, LabelledPrompt, assemble_prompts, split_list
 from saemnesia_core.training import TrainConfig, train_sae
@@ -82,10 +83,12 @@ class TrainSAEFromPrompts(io.ComfyNode):
                                 tooltip="'label: prompt' lines (prefix 'object/' or 'style/' to set the kind; several "
                                         "labels, comma separated: 'circle, stripes: a striped ball'); "
                                         "lines without a label are unlabelled prompts."),
-                io.String.Input("hook_point", default="auto", tooltip="Where the SAE reads: a transformer block, e.g. "
-                                "output_blocks.4.1 (SD1.x objects) or output_blocks.5.1 (styles); 'context' = the text "
-                                "states every cross-attention reads; several, comma separated, train one SAE set "
-                                "(one file, erased at every one of them); auto picks one block."),
+                io.String.Input("hook_point", default="auto", tooltip="Where the SAE reads: 'auto' = the model "
+                                "family's default block; a block, e.g. output_blocks.4.1 (SD1.x objects), "
+                                "input_blocks.8.1:update (SDXL), double_blocks.18 (Flux), in ComfyUI's or diffusers' "
+                                "names; ':update' reads the block's output minus its input, ':txt' a DiT block's text "
+                                "stream; 'context' = the text states the model reads; several, comma separated, train "
+                                "one SAE set (one file, erased at every one of them)."),
                 io.Int.Input("steps", default=20, min=1, max=200,
                              tooltip="Denoising steps per prompt while collecting (the block output is recorded at every step)."),
                 io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1,
@@ -187,6 +190,8 @@ class TrainSAEFromPrompts(io.ComfyNode):
                             skipped = fit_concept_handovers(index, prompts, lambda texts: _encode_with_ids(clip, texts))
                         record["handovers"] = {"fitted": sum(c.handover is not None for c in index.concepts.values()),
                                                "skipped": skipped}
+                    if hook == CONTEXT:
+                        record.update(_text_record(model, clip, prompts))
                     members.append((sae, SAEInfo(hook, family, index, record, out_path)))
                     records[hook] = record
         except TrainingCancelled:
@@ -339,16 +344,49 @@ def _member_dir(run_dir: str, part: str, hook: str, hooks: list[str]) -> str:
     return os.path.join(run_dir, part) if len(hooks) == 1 else os.path.join(run_dir, part, hook)
 
 
+def _text_record(model, clip, prompts) -> dict:
+    """What a text SAE records about its text (model_patch refuses it on other text encoders):
+    the family, encoders and widths; and, where the family reads a pooled text vector, each
+    concept's pooled shift (PooledShift), from the prompts' pooled vectors."""
+    pooled = []
+    if model_patch.family_of(model).pooled:
+        with torch.inference_mode():
+            for p in prompts:
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                cond = clip.encode_from_tokens_scheduled(clip.tokenize(p.text))
+                vector = cond[0][1].get("pooled_output")
+                if vector is None:
+                    break
+                pooled.append(vector.reshape(-1).float().cpu())
+    if len(pooled) != len(prompts):
+        return {"text": model_patch.text_record(model)}
+    vectors = torch.stack(pooled)
+    return {"text": model_patch.text_record(model, {"pooled_width": int(vectors.shape[1])}),
+            "pooled": pooled_record(prompts, vectors)}
+
+
+def _token_ids(tokens: dict, n_states: int) -> list[int]:
+    """The token ids at the positions of a prompt's text states. Encoders of one model may
+    tokenise apart (Flux: CLIP-L 77 and T5 256; SD3: CLIP 77 then T5): the first tokenizer whose
+    length is the states', or the first's then the last's (SD3); by position when none fits."""
+    def ids(chunks):
+        # an embedding (textual inversion) stands where an id would: it is no word of the pair
+        return [tok[0] if isinstance(tok[0], int) else -2 for chunk in chunks for tok in chunk]
+    lists = [ids(chunks) for chunks in tokens.values()]
+    for candidate in [*lists, lists[0] + lists[-1]]:
+        if len(candidate) == n_states:
+            return candidate
+    return [-3] * n_states  # all alike: the twin's tokens pair by position
+
+
 def _encode_with_ids(clip, texts: list[str]) -> list[tuple[list[int], torch.Tensor]]:
     """(token ids, text states) of each prompt, to pair a prompt's tokens with its twin's."""
     out = []
     for text in texts:
         comfy.model_management.throw_exception_if_processing_interrupted()
         tokens = clip.tokenize(text)
-        first = next(iter(tokens.values()))  # every encoder of a model tokenises to the same positions
-        # an embedding (textual inversion) stands where an id would: it is no word of the pair
-        ids = [tok[0] if isinstance(tok[0], int) else -2 for chunk in first for tok in chunk]
-        out.append((ids, _text_states(clip.encode_from_tokens_scheduled(tokens))))
+        states = _text_states(clip.encode_from_tokens_scheduled(tokens))
+        out.append((_token_ids(tokens, states.shape[0]), states))
     return out
 
 

@@ -339,3 +339,71 @@ def test_inspect_draws_the_heatmap_on_the_image_grid(tiny, family, monkeypatch):
         with pytest.raises(SAEError, match="text stream"):
             run(model, firing_sae(width, hook=text_hook, family=family), PatchVAE(), cond, "neuron", "", 3, 1, 2,
                 "simple", 0, latent=lat)
+
+
+# --- Train SAE from Prompts -------------------------------------------------------------------
+
+
+@pytest.fixture()
+def sae_dir(pack, tmp_path, monkeypatch):
+    from saemnesia_pack.nodes import sae_folder
+
+    import folder_paths
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "sae", ([str(tmp_path / "sae")], {".safetensors"}))
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
+    (tmp_path / "sae").mkdir()
+    folder_paths.filename_list_cache.clear()
+    yield tmp_path / "sae"
+    folder_paths.filename_list_cache.clear()
+    sae_folder._cache.clear()
+
+
+def train(model, clip, family, name, hook_point):
+    from saemnesia_pack.nodes.train_sae import TrainSAEFromPrompts
+    with torch.inference_mode():  # as ComfyUI runs a prompt
+        return TrainSAEFromPrompts.execute(
+            model, clip, {"samples": latent(family)}, name, objects="cat, dog", styles="ink",
+            templates="a {object} in {style} style\n{object}, {style}", labelled_prompts="", hook_point=hook_point,
+            steps=1, cfg=3.0, sampler_name="euler", scheduler="simple", seeds_per_prompt=1, seed=0, expansion=1, k=4,
+            train_steps=20, batch_size=32, learning_rate=1e-3, supervised=True, overwrite=False).args
+
+
+@pytest.mark.parametrize("family, default, text", [
+    ("sdxl", "input_blocks.8.1:update", {"family": "SDXL", "encoders": "CLIP-L + CLIP-G", "width": 96, "pooled_width": 64}),
+    ("flux", "double_blocks.1", {"family": "Flux", "encoders": "T5-XXL", "width": 48, "pooled_width": 32})])
+def test_train_text_and_block_saes_through_the_familys_own_encoders(tiny, sae_dir, family, default, text):
+    """Train SAE from Prompts on the family's default block and its text states, encoded by its own
+    (shrunken) text encoders: the file records the block, the text it trained on and the pooled
+    shifts; Erase with it changes the picture; on another family it is refused."""
+    from saemnesia_core import IncompatibleSAEError, load_sae
+    from saemnesia_core.checkpoint import CONTEXT
+    from tools import comfy_env
+    model = tiny(family)[0]
+    clip = comfy_env.tiny_clip(family)
+    loaded, report = train(model, clip, family, f"{family}_pair", f"auto, {CONTEXT}")
+    on_disk = load_sae(str(sae_dir / f"{family}_pair.safetensors"))
+    assert on_disk.hook_points == [default, CONTEXT] and "context: FVU" in report
+    members = on_disk.info.training["members"]
+    assert members[CONTEXT]["text"] == text
+    # every token of the 4 prompts, by the family's encoders (Flux: T5's 256), and the empty prompt's
+    tokens = 256 if family == "flux" else 77
+    assert members[CONTEXT]["stored_tokens"] == (4 + 1) * tokens
+    # 'ink' is in every prompt: there is no prompt without it to move towards, so it has no shift
+    assert set(members[CONTEXT]["pooled"]["concepts"]) == {"cat", "dog"}
+    assert len(members[CONTEXT]["pooled"]["concepts"]["cat"]) == text["pooled_width"]
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a cat in ink style"))
+    neg = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    base = sample(model, cond, neg, family)
+    erased = sample(erase_named(model, on_disk, "cat"), cond, neg, family)
+    assert (erased - base).abs().max() > 1e-4
+    other = tiny("sd3" if family == "flux" else "flux")[0]
+    with pytest.raises(IncompatibleSAEError, match=f"made for {text['family']} models, and this is a"):
+        erase_named(other, on_disk, "cat")
+    text_only = type(on_disk)(on_disk.blocks[1].sae, on_disk.blocks[1].info)
+    with pytest.raises(IncompatibleSAEError, match=text["encoders"].replace("+", r"\+")):
+        erase_named(other, text_only, "cat")
+
+
+def erase_named(model, loaded, concepts):
+    from saemnesia_pack.nodes.erase_concepts import EraseConcepts
+    return EraseConcepts.execute(model, loaded, concepts, "neuron", 1.0, -3.0, "both", 0.0, 1.0).args[0]

@@ -99,8 +99,8 @@ def sd15_random_checkpoint(seed: int = 0) -> str:
 # randomised as above; each builds in well under a second and samples a 16-32 px latent in a
 # fraction of one. The text encoders are ComfyUI's own classes, shrunk through
 # `<name>_model_config` model options (their real tokenizers, tiny transformers).
-CLIP_L = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2, "projection_dim": 32}
-CLIP_G = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_hidden_layers": 2, "projection_dim": 64}
+CLIP_L = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 3, "projection_dim": 32}
+CLIP_G = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_hidden_layers": 3, "projection_dim": 64}
 T5 = {"d_model": 48, "d_ff": 96, "d_kv": 24, "num_heads": 2, "num_layers": 2}
 
 @dataclass(frozen=True)
@@ -201,7 +201,9 @@ def tiny_clip(family: str, seed: int = 0):
         target = ClipTarget(comfy.text_encoders.sd3_clip.SD3Tokenizer, comfy.text_encoders.sd3_clip.sd3_clip(t5=False))
     else:
         return None
-    options = {"clip_l_model_config": dict(CLIP_L), "clip_g_model_config": dict(CLIP_G), "t5xxl_model_config": dict(T5)}
+    import torch
+    options = {"clip_l_model_config": dict(CLIP_L), "clip_g_model_config": dict(CLIP_G), "t5xxl_model_config": dict(T5),
+               "dtype": torch.float32}  # (on a CPU ComfyUI would pick fp16)
     clip = comfy.sd.CLIP(target, embedding_directory=None, model_options=options)
     _randomize(clip.cond_stage_model, seed + 1)
     return clip
