@@ -3,7 +3,7 @@ import json
 import logging
 import os
 import shutil
-from types import SimpleNamespace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -124,19 +124,15 @@ class TrainSAEFromPrompts(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, latent, name, objects, styles, templates, labelled_prompts, hook_point, steps, cfg,
-                sampler_name, scheduler, seeds_per_prompt, seed, expansion, k, train_steps, batch_size,
-                learning_rate, supervised, overwrite) -> io.NodeOutput:
-        r = plan_run(model, latent, name, objects, styles, templates, labelled_prompts, hook_point, steps, cfg,
-                     sampler_name, scheduler, seeds_per_prompt, seed, expansion, k, train_steps, batch_size,
-                     learning_rate, supervised, overwrite)
-        out_path, prompts, hooks, widths, samples = r.out_path, r.prompts, r.hooks, r.widths, r.samples
-        collect_settings, runs, run_dir = r.collect_settings, r.runs, r.run_dir
+    def execute(cls, model, clip, latent, *settings, **named) -> io.NodeOutput:
+        """settings: the node's other inputs, in its order or by name (TrainSettings)."""
+        run = plan_run(model, latent, TrainSettings(*settings, **named))
+        s, prompts, hooks, widths = run.settings, run.prompts, run.hooks, run.widths
         d_in = max(widths.values())
         node = cls.hidden.unique_id if cls.hidden is not None else None
         pbar = comfy.utils.ProgressBar(BAR, node_id=node)
-        timing = TimeWeightedProgress(len(prompts), train_steps * len(hooks),
-                                      guess_step_seconds(d_in, d_in * expansion, batch_size))
+        timing = TimeWeightedProgress(len(prompts), s.train_steps * len(hooks),
+                                      guess_step_seconds(d_in, d_in * s.expansion, s.batch_size))
 
         def show(fraction_text):
             fraction, text = fraction_text
@@ -144,14 +140,14 @@ class TrainSAEFromPrompts(io.ComfyNode):
             pbar.update_absolute(round(fraction * BAR), BAR)
 
         try:
-            stores = _collect(model, clip, prompts, widths, samples, collect_settings, run_dir,
+            stores = _collect(model, clip, prompts, widths, run.samples, run.collect_settings, run.run_dir,
                               lambda done: show(timing.collected(done)), lambda: show(timing.reused_collection()))
         except comfy.model_management.InterruptProcessingException:
             _say(node, f"stopped while collecting ({timing.text}): queue again to collect again")
             raise
 
         # where the curve marks the start of supervision (the loss jumps there: docs/SAEmnesiaTrainSAEFromPrompts.md)
-        supervise_at = int(TrainConfig.assign_after * train_steps) if supervised and prompts_have_labels(prompts) else None
+        supervise_at = int(TrainConfig.assign_after * s.train_steps) if s.supervised and prompts_have_labels(prompts) else None
         member = {"i": 0}
         cancelled = {"flag": False}
 
@@ -176,73 +172,113 @@ class TrainSAEFromPrompts(io.ComfyNode):
                     member["i"] = i
                     store = stores[hook]
                     # the text states of a few hundred prompts are far fewer vectors than a block's maps
-                    batch = min(batch_size, _floor_pow2(store.n_tokens))
-                    cfg_train = TrainConfig(expansion=expansion, k=min(k, widths[hook] * expansion), steps=train_steps,
-                                            batch_size=batch, lr=learning_rate, supervised=supervised, seed=seed % (2 ** 31),
-                                            dead_tokens=max(batch * 50, min(10_000_000, store.n_tokens * 4)),
-                                            checkpoint_every=max(20, train_steps // 20))
+                    batch = min(s.batch_size, _floor_pow2(store.n_tokens))
+                    cfg_train = s.train_config(k=min(s.k, widths[hook] * s.expansion), batch_size=batch,
+                                               dead_tokens=max(batch * 50, min(10_000_000, store.n_tokens * 4)))
                     # the folder is keyed by the settings: a checkpoint found there is this run's, so it resumes
-                    sae, index, record = train_sae(store, cfg_train, _member_dir(run_dir, "train", hook, hooks), progress,
-                                                   should_cancel)
-                    record.update(hook_point=hook, sampler=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg)
-                    if hook == CONTEXT and supervised:
+                    sae, index, record = train_sae(store, cfg_train, _member_dir(run.run_dir, "train", hook, hooks),
+                                                   progress, should_cancel)
+                    record.update(hook_point=hook, sampler=s.sampler_name, scheduler=s.scheduler, steps=s.steps, cfg=s.cfg)
+                    if hook == CONTEXT and s.supervised:
                         with torch.inference_mode():
                             skipped = fit_concept_handovers(index, prompts, lambda texts: _encode_with_ids(clip, texts))
                         record["handovers"] = {"fitted": sum(c.handover is not None for c in index.concepts.values()),
                                                "skipped": skipped}
                     if hook == CONTEXT:
                         record.update(_text_record(model, clip, prompts))
-                    members.append((sae, SAEInfo(hook, family, index, record, out_path)))
+                    members.append((sae, SAEInfo(hook, family, index, record, run.out_path)))
                     records[hook] = record
         except TrainingCancelled:
             # an interrupt, not an error: the frontend shows it as such, and the node says how to go on
             msg = f"paused at {timing.text}: queue again to resume (same name and settings)"
-            log.info("SAEmnesia: training %s; checkpoint in %s", msg, run_dir)
+            log.info("SAEmnesia: training %s; checkpoint in %s", msg, run.run_dir)
             _say(node, msg)
             _send("saemnesia.train", {"node": node, "paused": True, "text": msg})
             raise comfy.model_management.InterruptProcessingException()
         except SAEError as e:
             # name the run folder as the user sees it (output/...), not as a path on the server
-            raise SAEError(str(e).replace(runs, "output/saemnesia_runs")) from None
+            raise SAEError(str(e).replace(run.runs, "output/saemnesia_runs")) from None
         training = records[hooks[0]] if len(hooks) == 1 else {"members": records, "hook_points": hooks}
-        save_sae_set(out_path, members, training)
-        sae_folder.forget(out_path)
+        save_sae_set(run.out_path, members, training)
+        sae_folder.forget(run.out_path)
         pbar.update_absolute(BAR, BAR)
-        _say(node, f"saved {os.path.basename(out_path)}")
-        loaded = load_sae(out_path)
-        report = f"Saved {os.path.basename(out_path)} in {sae_folder.folder_label(os.path.dirname(out_path))}\n{loaded.describe()}\n" + "\n".join(
+        _say(node, f"saved {os.path.basename(run.out_path)}")
+        loaded = load_sae(run.out_path)
+        where = sae_folder.folder_label(os.path.dirname(run.out_path))
+        report = f"Saved {os.path.basename(run.out_path)} in {where}\n{loaded.describe()}\n" + "\n".join(
             f"{h}: FVU {r['fvu']:.3f}, dead latents {r['dead_fraction'] * 100:.1f}%, {r['tokens_seen']} tokens in "
             f"{r['seconds']:.0f}s" + (" (resumed)" if r.get("resumed") else "") for h, r in records.items())
         return io.NodeOutput(loaded, report, ui={"text": [report]})
 
 
-def plan_run(model, latent, name, objects, styles, templates, labelled_prompts, hook_point, steps, cfg, sampler_name,
-             scheduler, seeds_per_prompt, seed, expansion, k, train_steps, batch_size, learning_rate, supervised,
-             overwrite) -> SimpleNamespace:
-    """Everything a run is decided by, checked before any work: where it saves, its prompts and
-    hook points, and its work folder (scripts use this to find a run's folder)."""
-    out_path = sae_folder.output_path(name, overwrite)
-    prompts = assemble_prompts(objects, styles, templates, labelled_prompts)
-    hooks = _hook_points(model, hook_point)
+@dataclass(frozen=True)
+class TrainSettings:
+    """The node's settings (every input but model, clip and latent), in its order, built once."""
+
+    name: str
+    objects: str
+    styles: str
+    templates: str
+    labelled_prompts: str
+    hook_point: str
+    steps: int
+    cfg: float
+    sampler_name: str
+    scheduler: str
+    seeds_per_prompt: int
+    seed: int
+    expansion: int
+    k: int
+    train_steps: int
+    batch_size: int
+    learning_rate: float
+    supervised: bool
+    overwrite: bool
+
+    def train_config(self, **changes) -> TrainConfig:
+        """The trainer's settings; `changes` fit them to one SAE of the run (k, batch, dead_tokens)."""
+        cfg = TrainConfig(expansion=self.expansion, k=self.k, steps=self.train_steps, batch_size=self.batch_size,
+                          lr=self.learning_rate, supervised=self.supervised, seed=self.seed % (2 ** 31),
+                          checkpoint_every=max(20, self.train_steps // 20))
+        return replace(cfg, **changes)
+
+
+@dataclass
+class RunPlan:
+    """Everything a run is decided by, checked before any work."""
+
+    settings: TrainSettings
+    out_path: str  # where the SAE is saved
+    prompts: list[LabelledPrompt]
+    hooks: list[str]  # canonical hook points
+    widths: dict[str, int]  # activation width at each hook point
+    samples: torch.Tensor  # the latent every prompt is sampled at
+    collect_settings: dict  # what the collected activations depend on (a finished collection is reused)
+    runs: str  # output/saemnesia_runs
+    run_dir: str  # this run's work folder, keyed by name and settings
+
+
+def plan_run(model, latent, s: TrainSettings) -> RunPlan:
+    """The plan of a run (scripts use it to find a run's folder)."""
+    out_path = sae_folder.output_path(s.name, s.overwrite)
+    prompts = assemble_prompts(s.objects, s.styles, s.templates, s.labelled_prompts)
+    hooks = _hook_points(model, s.hook_point)
     widths = {h: _width(model, h) for h in hooks}
     for h, w in widths.items():
-        if k > expansion * w:
+        if s.k > s.expansion * w:
             # TopKSAE would refuse this too, but only after every prompt has been sampled
-            raise SAEError(f"k={k} is more than the SAE's {expansion * w} latents ({w} channels at {h} x "
-                           f"expansion {expansion}); lower k or raise expansion.")
+            raise SAEError(f"k={s.k} is more than the SAE's {s.expansion * w} latents ({w} channels at {h} x "
+                           f"expansion {s.expansion}); lower k or raise expansion.")
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"][:1])
     stem = os.path.splitext(os.path.basename(out_path))[0]
-    collect_settings = {"prompts": [[p.text, p.labels] for p in prompts], "hook": ",".join(hooks), "steps": steps,
-                        "cfg": cfg, "sampler": sampler_name, "scheduler": scheduler, "seeds": seeds_per_prompt,
-                        "seed": seed, "noise": "one batch per prompt", "shape": list(samples.shape)}
+    collect_settings = {"prompts": [[p.text, p.labels] for p in prompts], "hook": ",".join(hooks), "steps": s.steps,
+                        "cfg": s.cfg, "sampler": s.sampler_name, "scheduler": s.scheduler, "seeds": s.seeds_per_prompt,
+                        "seed": s.seed, "noise": "one batch per prompt", "shape": list(samples.shape)}
     if CONTEXT in hooks:
         collect_settings["empty_prompt_copies"] = empty_prompt_copies(len(prompts))
-    cfg_train = TrainConfig(expansion=expansion, k=k, steps=train_steps, batch_size=batch_size, lr=learning_rate,
-                            supervised=supervised, seed=seed % (2 ** 31), checkpoint_every=max(20, train_steps // 20))
     runs = os.path.join(folder_paths.get_output_directory(), "saemnesia_runs")
-    run_dir = os.path.join(runs, run_folder(stem, collect_settings, cfg_train))
-    return SimpleNamespace(out_path=out_path, prompts=prompts, hooks=hooks, widths=widths, samples=samples,
-                           collect_settings=collect_settings, cfg_train=cfg_train, runs=runs, run_dir=run_dir)
+    run_dir = os.path.join(runs, run_folder(stem, collect_settings, s.train_config()))
+    return RunPlan(s, out_path, prompts, hooks, widths, samples, collect_settings, runs, run_dir)
 
 
 def run_folder(stem: str, collect_settings: dict, cfg: TrainConfig) -> str:
