@@ -407,3 +407,35 @@ def test_train_text_and_block_saes_through_the_familys_own_encoders(tiny, sae_di
 def erase_named(model, loaded, concepts):
     from saemnesia_pack.nodes.erase_concepts import EraseConcepts
     return EraseConcepts.execute(model, loaded, concepts, "neuron", 1.0, -3.0, "both", 0.0, 1.0).args[0]
+
+
+# --- published layouts ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family, folder, hook, width", [
+    ("sdxl", "unet.up_blocks.0.attentions.1_k10_hidden5120_auxk256_bs4096_lr0.0001", None, 128),
+    ("flux", "SAE_flux_18", "transformer_blocks.1:update", 64)])
+def test_converted_published_saes_erase_on_their_family(tiny, tmp_path, family, folder, hook, width):
+    """An SAE in Surkov et al.'s SDXL layout (named by its diffusers block, on the block update) and
+    one in SAE_flux_18's layout (here on this tiny Flux's last double block), converted by
+    scripts/convert_published_sae.py: Erase finds their blocks through ComfyUI's own names."""
+    import sys
+
+    from test_convert_published_sae import write_published
+
+    from saemnesia_core import load_sae
+    from tools.comfy_env import REPO
+    sys.path.insert(0, f"{REPO}/scripts")
+    import convert_published_sae
+    write_published(str(tmp_path / folder / "final"), d=width, n=96, k=10)
+    out = str(tmp_path / f"{family}.safetensors")
+    convert_published_sae.main([str(tmp_path / folder), out, "--family", family] + (["--hook-point", hook] if hook else []))
+    loaded = load_sae(out)
+    model, cond, neg = tiny(family)
+    base = sample(model, cond, neg, family)
+    with torch.no_grad():
+        loaded.sae.b_enc[5] = 100.0  # a latent that fires everywhere, so the edit must act
+    patched = erase_named(model, loaded, "neuron:5")
+    expected = "output_blocks.1.1" if family == "sdxl" else "double_blocks.1"
+    assert f"diffusion_model.{expected}.forward" in patched.object_patches
+    assert (sample(patched, cond, neg, family) - base).abs().max() > 1e-4
