@@ -404,6 +404,22 @@ def test_train_text_and_block_saes_through_the_familys_own_encoders(tiny, sae_di
         erase_named(other, text_only, "cat")
 
 
+def test_train_a_block_sae_on_sd3_through_its_clip_encoders(tiny, sae_dir):
+    """SD3's prompts through its own CLIP-L + CLIP-G (padded to T5's 4096, as ComfyUI does); the
+    block SAE on the default joint block, image stream."""
+    from saemnesia_core import load_sae
+    from tools import comfy_env
+    model, clip = tiny("sd3")[0], comfy_env.tiny_clip("sd3")
+    train(model, clip, "sd3", "sd3_block", "auto")
+    loaded = load_sae(str(sae_dir / "sd3_block.safetensors"))
+    assert loaded.info.hook_point == "joint_blocks.1" and loaded.sae.d_in == 128 and loaded.info.model_family == "sd3"
+    assert loaded.info.training["stored_tokens"] == 4 * 1 * 64  # prompts x steps x the 8 x 8 grid (cond half)
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a dog in ink style"))
+    neg = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    base = sample(model, cond, neg, "sd3")
+    assert (sample(erase_named(model, loaded, "dog"), cond, neg, "sd3") - base).abs().max() > 1e-4
+
+
 def erase_named(model, loaded, concepts):
     from saemnesia_pack.nodes.erase_concepts import EraseConcepts
     return EraseConcepts.execute(model, loaded, concepts, "neuron", 1.0, -3.0, "both", 0.0, 1.0).args[0]

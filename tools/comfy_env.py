@@ -175,6 +175,11 @@ def tiny_model(family: str, seed: int = 0):
     cfg.set_inference_dtype(torch.float32, None)  # as ComfyUI's checkpoint loader does
     model = cfg.get_model({})
     _randomize(model.diffusion_model, seed)
+    g = torch.Generator().manual_seed(seed + 3)
+    with torch.no_grad():  # buffers a checkpoint fills (SD3's pos_embed is torch.empty until loaded)
+        for b in model.diffusion_model.buffers():
+            if b.is_floating_point():
+                b.copy_(torch.randn(b.shape, generator=g) * 0.02)
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
