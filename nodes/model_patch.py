@@ -461,7 +461,7 @@ def _call_wrapper(edit_text: Callable | None):
             c_crossattn, kwargs = edit_text(executor.class_obj, x, c_crossattn, opts, kwargs)
         _CALLS.append(_Call(opts, tuple(x.shape[-2:]), None if c_crossattn is None else int(c_crossattn.shape[1])))
         try:
-            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+            return executor(x, t, c_concat, c_crossattn, control, opts, **kwargs)
         finally:
             _CALLS.pop()
 
@@ -528,18 +528,23 @@ class _Site:
         gh, gw = self.grid
         return part.reshape(part.shape[0], gh, gw, part.shape[-1]).permute(0, 3, 1, 2)
 
-    def take(self, out, args, kwargs) -> torch.Tensor | None:
+    def block_input(self, args, kwargs) -> torch.Tensor | None:
+        """A copy of the stream the block receives, for the update (Flux's blocks add to their
+        input in place: read after the call, it would equal the output)."""
+        return self._stream(None, True, args, kwargs).clone() if self.hook.update else None
+
+    def take(self, out, before: torch.Tensor | None) -> torch.Tensor | None:
         stream = self._stream(out, False)
         if stream is None:
             return None  # SD3's last joint block returns no text
         h = self._select(stream)
-        if self.hook.update:
-            h = h - self._select(self._stream(None, True, args, kwargs))
+        if before is not None:
+            h = h - self._select(before)
         return h
 
-    def put(self, out, new: torch.Tensor, args, kwargs):
-        if self.hook.update:
-            new = self._select(self._stream(None, True, args, kwargs)) + new
+    def put(self, out, new: torch.Tensor, before: torch.Tensor | None):
+        if before is not None:
+            new = self._select(before) + new
         g = self.hook.group
         if g is None:
             return new
@@ -578,22 +583,23 @@ def patch_block_outputs(model, edits: dict[str, BlockEdit], edit_text: Callable 
     for hook_point, edit in edits.items():
         hook = parse_hook(m, hook_point)
         key = f"diffusion_model.{hook.block}.forward"
-        m.add_object_patch(key, _wrapped(m.get_model_object(key), _Site, hook, family, dm, edit, sampling))
+        m.add_object_patch(key, _wrapped(m.get_model_object(key), hook, family, dm, edit, sampling))
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, _call_wrapper(edit_text))
     return m
 
 
-def _wrapped(inner, site_type, hook: Hook, family: Family, dm, edit: BlockEdit, sampling):
+def _wrapped(inner, hook: Hook, family: Family, dm, edit: BlockEdit, sampling):
     def forward(*args, **kwargs):
-        out = inner(*args, **kwargs)
         call = _CALLS[-1] if _CALLS else None
-        site = site_type(hook, family, dm, call)
-        h = site.take(out, args, kwargs)
+        site = _Site(hook, family, dm, call)
+        before = site.block_input(args, kwargs)
+        out = inner(*args, **kwargs)
+        h = site.take(out, before)
         if h is None:
             return out
         opts = call.opts if call is not None else _options_from_args(args, kwargs)
         new = edit(h, _step_info(opts, sampling))
-        return out if new is h else site.put(out, new, args, kwargs)
+        return out if new is h else site.put(out, new, before)
     return forward
 
 

@@ -14,11 +14,13 @@ STEPS = 2
 BLOCKS = {
     "sdxl": [("output_blocks.1.1", 128, 4), ("input_blocks.8.1:update", 128, 4)],
     "sd3": [("joint_blocks.0", 128, 8), ("joint_blocks.0:txt", 128, 0)],
-    "flux": [("double_blocks.1", 64, 8), ("double_blocks.0:txt", 64, 0), ("single_blocks.1", 64, 8)],
-    "chroma": [("double_blocks.1", 64, 8), ("single_blocks.0:txt", 64, 0)],
-    "lumina2": [("layers.1", 64, 8), ("layers.0:txt", 64, 0)],
-    "qwenimage": [("transformer_blocks.1", 64, 8), ("transformer_blocks.0:txt", 64, 0)],
-    "hunyuandit": [("blocks.1", 64, 8)],
+    "flux": [("double_blocks.1", 64, 8), ("double_blocks.0:txt", 64, 0), ("single_blocks.1", 64, 8),
+             ("double_blocks.1:update", 64, 8), ("single_blocks.0:txt:update", 64, 0)],
+    "chroma": [("double_blocks.1", 64, 8), ("single_blocks.0:txt", 64, 0), ("single_blocks.1:update", 64, 8)],
+    "lumina2": [("layers.1", 64, 8), ("layers.0:txt", 64, 0), ("layers.1:update", 64, 8)],
+    "qwenimage": [("transformer_blocks.1", 64, 8), ("transformer_blocks.0:txt", 64, 0),
+                  ("transformer_blocks.1:update", 64, 8)],
+    "hunyuandit": [("blocks.1", 64, 8), ("blocks.0:update", 64, 8)],
     "auraflow": [("double_layers.0", 64, 8), ("double_layers.0:txt", 64, 0), ("single_layers.0:update", 64, 8)],
 }
 # what each family's blocks return, read off ComfyUI's code (comfy/ldm/*): a pair (and which item
@@ -154,14 +156,17 @@ def test_block_activations_are_the_blocks_own_on_the_latent_grid(tiny, family):
     for hook, width, side in BLOCKS[family]:
         block = hook.split(":")[0]
         module = dm.get_submodule(block)
-        seen = []
-        handle = module.register_forward_hook(lambda m, a, kw, out: seen.append(_cloned((a, kw, out))), with_kwargs=True)
+        seen, inputs = [], []
+        # inputs copied before the block runs: several blocks add to their input in place
+        handles = [module.register_forward_pre_hook(lambda m, a, kw: inputs.append(_cloned((a, kw))), with_kwargs=True),
+                   module.register_forward_hook(lambda m, a, kw, out: seen.append(_cloned(out)), with_kwargs=True)]
         try:
             got = capture(model, cond, neg, family, hook)
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         assert len(got) == len(seen) == STEPS, hook
-        for (h, _), (args, kwargs, out) in zip(got, seen):
+        for (h, _), (args, kwargs), out in zip(got, inputs, seen):
             assert h.shape[1 if side else 2] == width, hook
             if side:
                 assert h.shape[-2:] == (side, side), hook
@@ -180,6 +185,18 @@ def _cloned(value):
     return value
 
 
+def _input_stream(family, hook, args, kwargs):
+    """The block's input stream the hook reads, by each family's call (comfy/ldm/*)."""
+    text = ":txt" in hook
+    if family in ("flux", "chroma") and hook.startswith("double"):
+        return kwargs["txt" if text else "img"]
+    if family == "qwenimage":
+        return kwargs["encoder_hidden_states" if text else "hidden_states"]
+    if hook.split(".")[0] in ("joint_blocks", "double_layers"):  # called as (txt, img)
+        return args[0] if text else args[1]
+    return args[0]
+
+
 def _reference(family, hook, args, kwargs, out, side):
     """The hook's activations, computed from the block's inputs and outputs by hand."""
     if family == "sdxl":
@@ -192,9 +209,11 @@ def _reference(family, hook, args, kwargs, out, side):
         stream = out[:, :at] if text else out[:, at:]
     else:
         stream = out
-    if hook.endswith(":update"):  # the joint input: the first positional argument
-        inp = args[0]
-        stream = stream - (inp[:, :at] if text else inp[:, at:])
+    if hook.endswith(":update"):  # minus the same stream of the block's input
+        inp = _input_stream(family, hook, args, kwargs)
+        if kind == "joint":
+            inp = inp[:, :at] if text else inp[:, at:]
+        stream = stream - inp
     if text:
         return stream
     tokens = stream[:, :side * side]
