@@ -700,7 +700,7 @@ def _text_edit(edits, sampling, in_window, cond_only: bool):
 
 
 def capture_patch(model, hook_point: str, sink: Callable[[torch.Tensor, dict], None], cond_only: bool = True):
-    """Clone of `model` that hands the block's activations (cond rows only, by default) to `sink`;
+    """Clone of `model` that hands a copy of the block's activations (cond rows only, by default) to `sink`;
     info also carries `step`, the index of the current sigma in the schedule."""
     return capture_patches(model, {hook_point: sink}, cond_only)
 
@@ -712,7 +712,8 @@ def capture_patches(model, sinks: dict[str, Callable[[torch.Tensor, dict], None]
         def edit(h, info):
             info["step"] = step_index(info["transformer_options"], info["sigma"])
             rows = half_rows(info["transformer_options"], h.shape[0], cond_only)
-            sink(h if rows is None else h[rows.to(h.device)], info)
+            # a copy: DiT blocks add to their input in place, and h may be a view of the next block's input
+            sink(h.clone() if rows is None else h[rows.to(h.device)], info)
             return h
         return edit
 

@@ -14,7 +14,7 @@ STEPS = 2
 BLOCKS = {
     "sdxl": [("output_blocks.1.1", 128, 4), ("input_blocks.8.1:update", 128, 4)],
     "sd3": [("joint_blocks.0", 128, 8), ("joint_blocks.0:txt", 128, 0)],
-    "flux": [("double_blocks.1", 64, 8), ("double_blocks.0:txt", 64, 0), ("single_blocks.1", 64, 8),
+    "flux": [("double_blocks.1", 64, 8), ("double_blocks.0", 64, 8), ("double_blocks.0:txt", 64, 0), ("single_blocks.1", 64, 8),
              ("double_blocks.1:update", 64, 8), ("single_blocks.0:txt:update", 64, 0)],
     "chroma": [("double_blocks.1", 64, 8), ("single_blocks.0:txt", 64, 0), ("single_blocks.1:update", 64, 8)],
     "lumina2": [("layers.1", 64, 8), ("layers.0:txt", 64, 0), ("layers.1:update", 64, 8)],
@@ -60,9 +60,10 @@ def sample(model, cond, neg, family, seed=0, steps=STEPS):
 
 
 def capture(model, cond, neg, family, hook, cond_only=False):
+    """What a capture patch hands its sink at every step (kept as handed: it must be a copy)."""
     from saemnesia_pack.nodes import model_patch
     got = []
-    probe = model_patch.capture_patch(model, hook, lambda h, info: got.append((h.clone(), info)), cond_only=cond_only)
+    probe = model_patch.capture_patch(model, hook, lambda h, info: got.append((h, info)), cond_only=cond_only)
     sample(probe, cond, neg, family)
     return got
 
