@@ -266,7 +266,6 @@ class ConceptEraser:
             return out_tokens.view(b, hh, ww, c).permute(0, 3, 1, 2).contiguous(memory_format=_memory_format(h))
         return out_tokens
 
-
     @torch.no_grad()
     def present(self, h: torch.Tensor, timestep: float, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Which maps of h ([B, N, C] or [B, C, H, W]) carry each erased concept: bool [B] per concept
