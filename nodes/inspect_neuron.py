@@ -112,9 +112,10 @@ class InspectNeuron(io.ComfyNode):
 
 
 def _spatial_member(sae):
-    """The SAE (of a set: the first member on a transformer block) whose latents have a map to show."""
+    """The SAE (of a set: the first member on a block's image activations) whose latents have a map to show."""
     for member in sae.blocks:
-        if member.info.hook_point != CONTEXT:
+        if model_patch.is_spatial(member.info.hook_point):
             return member
-    raise SAEError("This SAE reads the text states ('context'), which have no spatial map to show. Inspect a "
-                   "concept with an SAE trained on a transformer block, e.g. minicanvas_objects_saemnesia.safetensors.")
+    what = "the text states ('context')" if sae.info.hook_point == CONTEXT else f"a text stream ({sae.info.hook_point})"
+    raise SAEError(f"This SAE reads {what}, which have no spatial map to show. Inspect a concept with an SAE trained "
+                   "on a block's image activations, e.g. minicanvas_objects_saemnesia.safetensors.")

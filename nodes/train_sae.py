@@ -3,7 +3,7 @@ import json
 import logging
 import os
 import shutil
-from types import SimpleNamespace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -15,11 +15,12 @@ import folder_paths
 from comfy_api.latest import io
 
 from saemnesia_core import SAEError, SAEInfo, TrainingCancelled, load_sae
-from saemnesia_core.activations import INDEX, ActivationStore, ActivationWriter
+from saemnesia_core.activations import INDEX, ActivationStore, ActivationWriter, positions
 from saemnesia_core.checkpoint import CONTEXT, save_sae_set
-from saemnesia_core.errors import WriteFailed, quoted
+from saemnesia_core.errors import WriteFailed
 from saemnesia_core.fileio import save_json_atomic
 from saemnesia_core.handover import fit_concept_handovers
+from saemnesia_core.intervention import pooled_record
 from saemnesia_core.progress import TimeWeightedProgress, guess_step_seconds
 from saemnesia_core.prompts import (
     DEFAULT_TEMPLATES,
@@ -65,15 +66,6 @@ MAX_COLLECTION_STEPS = 1_000_000
 RUNS = "saemnesia_runs"  # the work folders of runs, in ComfyUI's output folder
 
 
-def _default_hook(model) -> str:
-    blocks = [b for b in model_patch.transformer_blocks(model) if b.startswith("output_blocks")]
-    if "output_blocks.4.1" in blocks:
-        return "output_blocks.4.1"  # SAeUron's object block on SD1.x
-    if not blocks:
-        raise SAEError("This model has no output transformer blocks to train an SAE on; set hook_point explicitly.")
-    return blocks[len(blocks) // 2 - 1] if len(blocks) > 1 else blocks[0]
-
-
 class TrainSAEFromPrompts(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -105,10 +97,12 @@ class TrainSAEFromPrompts(io.ComfyNode):
                                 tooltip="'label: prompt' lines (prefix 'object/' or 'style/' to set the kind; several "
                                         "labels, comma separated: 'circle, stripes: a striped ball'); "
                                         "lines without a label are unlabelled prompts."),
-                io.String.Input("hook_point", default="auto", tooltip="Where the SAE reads: a transformer block, e.g. "
-                                "output_blocks.4.1 (SD1.x objects) or output_blocks.5.1 (styles); 'context' = the text "
-                                "states every cross-attention reads; several, comma separated, train one SAE set "
-                                "(one file, erased at every one of them); auto picks one block."),
+                io.String.Input("hook_point", default="auto", tooltip="Where the SAE reads: 'auto' = the model "
+                                "family's default block; a block, e.g. output_blocks.4.1 (SD1.x objects), "
+                                "input_blocks.8.1:update (SDXL), double_blocks.18 (Flux), in ComfyUI's or diffusers' "
+                                "names; ':update' reads the block's output minus its input, ':txt' a DiT block's text "
+                                "stream; 'context' = the text states the model reads; several, comma separated, train "
+                                "one SAE set (one file, erased at every one of them)."),
                 io.Int.Input("steps", default=20, min=1, max=200,
                              tooltip="Denoising steps per prompt while collecting (the block output is recorded at every step)."),
                 io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1,
@@ -144,22 +138,18 @@ class TrainSAEFromPrompts(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, latent, name, objects, styles, templates, labelled_prompts, hook_point, steps, cfg,
-                sampler_name, scheduler, seeds_per_prompt, seed, expansion, k, train_steps, batch_size,
-                learning_rate, supervised, overwrite) -> io.NodeOutput:
-        r = plan_run(model, latent, name, objects, styles, templates, labelled_prompts, hook_point, steps, cfg,
-                     sampler_name, scheduler, seeds_per_prompt, seed, expansion, k, train_steps, batch_size,
-                     learning_rate, supervised, overwrite)
-        out_path, prompts, hooks, widths, samples = r.out_path, r.prompts, r.hooks, r.widths, r.samples
-        collect_settings, runs, run_dir = r.collect_settings, r.runs, r.run_dir
-        run_label = f"output/{RUNS}/{os.path.basename(run_dir)}"  # as the user finds it, not a server path
+    def execute(cls, model, clip, latent, *settings, **named) -> io.NodeOutput:
+        """settings: the node's other inputs, in its order or by name (TrainSettings)."""
+        run = plan_run(model, latent, TrainSettings(*settings, **named))
+        s, prompts, hooks, widths = run.settings, run.prompts, run.hooks, run.widths
+        run_label = f"output/{RUNS}/{os.path.basename(run.run_dir)}"  # as the user finds it, not a server path
         d_in = max(widths.values())
         node = cls.hidden.unique_id if cls.hidden is not None else None
         pbar = comfy.utils.ProgressBar(BAR, node_id=node)
-        timing = TimeWeightedProgress(len(prompts), train_steps * len(hooks),
-                                      guess_step_seconds(d_in, d_in * expansion, batch_size))
-        _say(node, r.estimate)
-        log.info("SAEmnesia: training %s: %s", os.path.basename(out_path), r.estimate)
+        timing = TimeWeightedProgress(len(prompts), s.train_steps * len(hooks),
+                                      guess_step_seconds(d_in, d_in * s.expansion, s.batch_size))
+        _say(node, run.estimate)
+        log.info("SAEmnesia: training %s: %s", os.path.basename(run.out_path), run.estimate)
 
         def show(fraction_text):
             fraction, text = fraction_text
@@ -167,20 +157,20 @@ class TrainSAEFromPrompts(io.ComfyNode):
             pbar.update_absolute(round(fraction * BAR), BAR)
 
         try:
-            stores = _collect(model, clip, prompts, widths, samples, collect_settings, run_dir,
+            stores = _collect(model, clip, prompts, widths, run.samples, run.collect_settings, run.run_dir,
                               lambda done: show(timing.collected(done)), lambda: show(timing.reused_collection()))
         except comfy.model_management.InterruptProcessingException:
             # _collect removed the partial activations: a collection cannot resume, only start over
             msg = (f"stopped while collecting ({timing.text}); its partial activations were removed from "
                    f"{run_label}: queue again to collect again")
-            log.info("SAEmnesia: training %s %s", os.path.basename(out_path), msg)
+            log.info("SAEmnesia: training %s %s", os.path.basename(run.out_path), msg)
             _say(node, msg)
             raise
         except WriteFailed as e:
             raise SAEError(e.says(run_label) + " The partial activations were removed.") from None
 
         # where the curve marks the start of supervision (the loss jumps there: docs/SAEmnesiaTrainSAEFromPrompts.md)
-        supervise_at = int(TrainConfig.assign_after * train_steps) if supervised and prompts_have_labels(prompts) else None
+        supervise_at = int(TrainConfig.assign_after * s.train_steps) if s.supervised and prompts_have_labels(prompts) else None
         member = {"i": 0}
         cancelled = {"flag": False}
 
@@ -205,26 +195,26 @@ class TrainSAEFromPrompts(io.ComfyNode):
                     member["i"] = i
                     store = stores[hook]
                     # the text states of a few hundred prompts are far fewer vectors than a block's maps
-                    batch = min(batch_size, _floor_pow2(store.n_tokens))
-                    cfg_train = TrainConfig(expansion=expansion, k=min(k, widths[hook] * expansion), steps=train_steps,
-                                            batch_size=batch, lr=learning_rate, supervised=supervised, seed=seed % (2 ** 31),
-                                            dead_tokens=max(batch * 50, min(10_000_000, store.n_tokens * 4)),
-                                            checkpoint_every=max(20, train_steps // 20))
+                    batch = min(s.batch_size, _floor_pow2(store.n_tokens))
+                    cfg_train = s.train_config(k=min(s.k, widths[hook] * s.expansion), batch_size=batch,
+                                               dead_tokens=max(batch * 50, min(10_000_000, store.n_tokens * 4)))
                     # the folder is keyed by the settings: a checkpoint found there is this run's, so it resumes
-                    sae, index, record = train_sae(store, cfg_train, _member_dir(run_dir, "train", hook, hooks), progress,
-                                                   should_cancel)
-                    record.update(hook_point=hook, sampler=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg)
-                    if hook == CONTEXT and supervised:
+                    sae, index, record = train_sae(store, cfg_train, _member_dir(run.run_dir, "train", hook, hooks),
+                                                   progress, should_cancel)
+                    record.update(hook_point=hook, sampler=s.sampler_name, scheduler=s.scheduler, steps=s.steps, cfg=s.cfg)
+                    if hook == CONTEXT and s.supervised:
                         with torch.inference_mode():
                             skipped = fit_concept_handovers(index, prompts, lambda texts: _encode_with_ids(clip, texts))
                         record["handovers"] = {"fitted": sum(c.handover is not None for c in index.concepts.values()),
                                                "skipped": skipped}
-                    members.append((sae, SAEInfo(hook, family, index, record, out_path)))
+                    if hook == CONTEXT:
+                        record.update(_text_record(model, clip, prompts))
+                    members.append((sae, SAEInfo(hook, family, index, record, run.out_path)))
                     records[hook] = record
         except (TrainingCancelled, comfy.model_management.InterruptProcessingException):
             # an interrupt, not an error: the frontend shows it as such, and the node says how to go on
             msg = (f"paused at {timing.text}: queue again to resume (same name and settings). The run's work "
-                   f"({_megabytes(run_dir)}) is kept in {run_label}; delete that folder to free the space (the run "
+                   f"({_megabytes(run.run_dir)}) is kept in {run_label}; delete that folder to free the space (the run "
                    "then starts over).")
             log.info("SAEmnesia: training %s", msg)
             _say(node, msg)
@@ -234,59 +224,101 @@ class TrainSAEFromPrompts(io.ComfyNode):
             raise SAEError(e.says(run_label) + " The last checkpoint is kept: queue again to resume.") from None
         except SAEError as e:
             # name the run folder as the user sees it (output/...), not as a path on the server
-            raise SAEError(str(e).replace(runs, f"output/{RUNS}")) from None
+            raise SAEError(str(e).replace(run.runs, f"output/{RUNS}")) from None
         training = records[hooks[0]] if len(hooks) == 1 else {"members": records, "hook_points": hooks}
         try:
-            save_sae_set(out_path, members, training)
+            save_sae_set(run.out_path, members, training)
         except WriteFailed as e:
-            raise SAEError(e.says(sae_folder.folder_label(os.path.dirname(out_path))) + " The trained SAE is kept in "
+            raise SAEError(e.says(sae_folder.folder_label(os.path.dirname(run.out_path))) + " The trained SAE is kept in "
                            f"{run_label}: queue again with the same settings and it is saved without training "
                            "again.") from None
-        sae_folder.forget(out_path)
+        sae_folder.forget(run.out_path)
         pbar.update_absolute(BAR, BAR)
-        _say(node, f"saved {os.path.basename(out_path)}")
-        loaded = load_sae(out_path)
-        report = f"Saved {os.path.basename(out_path)} in {sae_folder.folder_label(os.path.dirname(out_path))}\n{loaded.describe()}\n" + "\n".join(
+        _say(node, f"saved {os.path.basename(run.out_path)}")
+        loaded = load_sae(run.out_path)
+        where = sae_folder.folder_label(os.path.dirname(run.out_path))
+        report = f"Saved {os.path.basename(run.out_path)} in {where}\n{loaded.describe()}\n" + "\n".join(
             f"{h}: FVU {r['fvu']:.3f}, dead latents {r['dead_fraction'] * 100:.1f}%, {r['tokens_seen']} tokens in "
             f"{r['seconds']:.0f}s" + (" (resumed)" if r.get("resumed") else "") for h, r in records.items())
         return io.NodeOutput(loaded, report, ui={"text": [report]})
 
 
-def plan_run(model, latent, name, objects, styles, templates, labelled_prompts, hook_point, steps, cfg, sampler_name,
-             scheduler, seeds_per_prompt, seed, expansion, k, train_steps, batch_size, learning_rate, supervised,
-             overwrite) -> SimpleNamespace:
-    """Everything a run is decided by, checked before any work: where it saves, its prompts and
-    hook points, and its work folder (scripts use this to find a run's folder)."""
-    out_path = sae_folder.output_path(name, overwrite)
-    prompts = assemble_prompts(objects, styles, templates, labelled_prompts)
-    model_steps = len(prompts) * seeds_per_prompt * steps
-    sampling = f"{len(prompts):,} prompts x {seeds_per_prompt} seeds x {steps} steps = {model_steps:,} model steps to sample"
+@dataclass(frozen=True)
+class TrainSettings:
+    """The node's settings (every input but model, clip and latent), in its order, built once."""
+
+    name: str
+    objects: str
+    styles: str
+    templates: str
+    labelled_prompts: str
+    hook_point: str
+    steps: int
+    cfg: float
+    sampler_name: str
+    scheduler: str
+    seeds_per_prompt: int
+    seed: int
+    expansion: int
+    k: int
+    train_steps: int
+    batch_size: int
+    learning_rate: float
+    supervised: bool
+    overwrite: bool
+
+    def train_config(self, **changes) -> TrainConfig:
+        """The trainer's settings; `changes` fit them to one SAE of the run (k, batch, dead_tokens)."""
+        cfg = TrainConfig(expansion=self.expansion, k=self.k, steps=self.train_steps, batch_size=self.batch_size,
+                          lr=self.learning_rate, supervised=self.supervised, seed=self.seed % (2 ** 31),
+                          checkpoint_every=max(20, self.train_steps // 20))
+        return replace(cfg, **changes)
+
+
+@dataclass
+class RunPlan:
+    """Everything a run is decided by, checked before any work."""
+
+    settings: TrainSettings
+    out_path: str  # where the SAE is saved
+    prompts: list[LabelledPrompt]
+    hooks: list[str]  # canonical hook points
+    widths: dict[str, int]  # activation width at each hook point
+    samples: torch.Tensor  # the latent every prompt is sampled at
+    collect_settings: dict  # what the collected activations depend on (a finished collection is reused)
+    runs: str  # output/saemnesia_runs
+    run_dir: str  # this run's work folder, keyed by name and settings
+    estimate: str  # what the run will do, said once before it starts
+
+
+def plan_run(model, latent, s: TrainSettings) -> RunPlan:
+    """The plan of a run (scripts use it to find a run's folder)."""
+    out_path = sae_folder.output_path(s.name, s.overwrite)
+    prompts = assemble_prompts(s.objects, s.styles, s.templates, s.labelled_prompts)
+    model_steps = len(prompts) * s.seeds_per_prompt * s.steps
+    sampling = f"{len(prompts):,} prompts x {s.seeds_per_prompt} seeds x {s.steps} steps = {model_steps:,} model steps to sample"
     if model_steps > MAX_COLLECTION_STEPS:
         raise SAEError(f"This run would sample {sampling}; Train SAE from Prompts samples at most "
                        f"{MAX_COLLECTION_STEPS:,} per run (and at most {MAX_TRAIN_PROMPTS:,} prompts). Use fewer "
                        "prompts, seeds_per_prompt or steps.")
-    estimate = f"{sampling}, then {train_steps:,} training steps"
-    hooks = _hook_points(model, check_text(hook_point, "hook_point", MAX_TRAIN_BOX_CHARS))
+    estimate = f"{sampling}, then {s.train_steps:,} training steps"
+    hooks = _hook_points(model, check_text(s.hook_point, "hook_point", MAX_TRAIN_BOX_CHARS))
     widths = {h: _width(model, h) for h in hooks}
     for h, w in widths.items():
-        if k > expansion * w:
+        if s.k > s.expansion * w:
             # TopKSAE would refuse this too, but only after every prompt has been sampled
-            raise SAEError(f"k={k} is more than the SAE's {expansion * w} latents ({w} channels at {h} x "
-                           f"expansion {expansion}); lower k or raise expansion.")
+            raise SAEError(f"k={s.k} is more than the SAE's {s.expansion * w} latents ({w} channels at {h} x "
+                           f"expansion {s.expansion}); lower k or raise expansion.")
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"][:1])
     stem = os.path.splitext(os.path.basename(out_path))[0]
-    collect_settings = {"prompts": [[p.text, p.labels] for p in prompts], "hook": ",".join(hooks), "steps": steps,
-                        "cfg": cfg, "sampler": sampler_name, "scheduler": scheduler, "seeds": seeds_per_prompt,
-                        "seed": seed, "noise": "one batch per prompt", "shape": list(samples.shape)}
+    collect_settings = {"prompts": [[p.text, p.labels] for p in prompts], "hook": ",".join(hooks), "steps": s.steps,
+                        "cfg": s.cfg, "sampler": s.sampler_name, "scheduler": s.scheduler, "seeds": s.seeds_per_prompt,
+                        "seed": s.seed, "noise": "one batch per prompt", "shape": list(samples.shape)}
     if CONTEXT in hooks:
         collect_settings["empty_prompt_copies"] = empty_prompt_copies(len(prompts))
-    cfg_train = TrainConfig(expansion=expansion, k=k, steps=train_steps, batch_size=batch_size, lr=learning_rate,
-                            supervised=supervised, seed=seed % (2 ** 31), checkpoint_every=max(20, train_steps // 20))
     runs = os.path.join(folder_paths.get_output_directory(), RUNS)
-    run_dir = os.path.join(runs, run_folder(stem, collect_settings, cfg_train))
-    return SimpleNamespace(out_path=out_path, prompts=prompts, hooks=hooks, widths=widths, samples=samples,
-                           collect_settings=collect_settings, cfg_train=cfg_train, runs=runs, run_dir=run_dir,
-                           estimate=estimate)
+    run_dir = os.path.join(runs, run_folder(stem, collect_settings, s.train_config()))
+    return RunPlan(s, out_path, prompts, hooks, widths, samples, collect_settings, runs, run_dir, estimate)
 
 
 def run_folder(stem: str, collect_settings: dict, cfg: TrainConfig) -> str:
@@ -308,22 +340,13 @@ def _floor_pow2(n: int) -> int:
 
 
 def _hook_points(model, text: str) -> list[str]:
-    """'auto', one hook point, or several (comma separated): each a transformer block or 'context'."""
-    hooks = list(dict.fromkeys(_default_hook(model) if h in ("", "auto") else h for h in (split_list(text) or ["auto"])))
-    for h in hooks:
-        if h != CONTEXT and model_patch.diffusion_module(model, h) is None:
-            raise SAEError(f"This model has no transformer block {quoted(h)}. Its blocks: "
-                           f"{', '.join(model_patch.transformer_blocks(model))}; or 'context' for the text states.")
-    return hooks
+    """'auto', one hook point, or several (comma separated): each a block of the model's family
+    (in ComfyUI's or diffusers' naming, ':txt' / ':update' qualified) or 'context'."""
+    return model_patch.resolve_hooks(model, split_list(text) or ["auto"])
 
 
 def _width(model, hook: str) -> int:
-    if hook == CONTEXT:
-        width = model_patch.context_width(model)
-        if width is None:
-            raise SAEError("This model has no cross-attention, so there is no 'context' to train an SAE on.")
-        return width
-    return model_patch.block_width(model_patch.diffusion_module(model, hook))
+    return model_patch.hook_width(model, hook)
 
 
 def _collect(model, clip, prompts, widths: dict[str, int], samples, settings, run_dir, on_prompt, on_reuse) -> dict[str, ActivationStore]:
@@ -361,7 +384,7 @@ def _collect_anew(model, clip, prompts, widths: dict[str, int], samples, setting
     current = {"prompt": 0}
 
     def sink(hook):
-        return lambda h, info: writers[hook].add(h.permute(0, 2, 3, 1).reshape(-1, h.shape[1]), info["timestep"], current["prompt"])
+        return lambda h, info: writers[hook].add(positions(h), info["timestep"], current["prompt"])
     probe = model_patch.capture_patches(model, {h: sink(h) for h in blocks}) if blocks else None
     empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))
     if CONTEXT in widths:
@@ -422,16 +445,49 @@ def _member_dir(run_dir: str, part: str, hook: str, hooks: list[str]) -> str:
     return os.path.join(run_dir, part) if len(hooks) == 1 else os.path.join(run_dir, part, hook)
 
 
+def _text_record(model, clip, prompts) -> dict:
+    """What a text SAE records about its text (model_patch refuses it on other text encoders):
+    the family, encoders and widths; and, where the family reads a pooled text vector, each
+    concept's pooled shift (PooledShift), from the prompts' pooled vectors."""
+    pooled = []
+    if model_patch.family_of(model).pooled:
+        with torch.inference_mode():
+            for p in prompts:
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                cond = clip.encode_from_tokens_scheduled(clip.tokenize(p.text))
+                vector = cond[0][1].get("pooled_output")
+                if vector is None:
+                    break
+                pooled.append(vector.reshape(-1).float().cpu())
+    if len(pooled) != len(prompts):
+        return {"text": model_patch.text_record(model)}
+    vectors = torch.stack(pooled)
+    return {"text": model_patch.text_record(model, {"pooled_width": int(vectors.shape[1])}),
+            "pooled": pooled_record(prompts, vectors)}
+
+
+def _token_ids(tokens: dict, n_states: int) -> list[int]:
+    """The token ids at the positions of a prompt's text states. Encoders of one model may
+    tokenise apart (Flux: CLIP-L 77 and T5 256; SD3: CLIP 77 then T5): the first tokenizer whose
+    length is the states', or the first's then the last's (SD3); by position when none fits."""
+    def ids(chunks):
+        # an embedding (textual inversion) stands where an id would: it is no word of the pair
+        return [tok[0] if isinstance(tok[0], int) else -2 for chunk in chunks for tok in chunk]
+    lists = [ids(chunks) for chunks in tokens.values()]
+    for candidate in [*lists, lists[0] + lists[-1]]:
+        if len(candidate) == n_states:
+            return candidate
+    return [-3] * n_states  # all alike: the twin's tokens pair by position
+
+
 def _encode_with_ids(clip, texts: list[str]) -> list[tuple[list[int], torch.Tensor]]:
     """(token ids, text states) of each prompt, to pair a prompt's tokens with its twin's."""
     out = []
     for text in texts:
         comfy.model_management.throw_exception_if_processing_interrupted()
         tokens = clip.tokenize(text)
-        first = next(iter(tokens.values()))  # every encoder of a model tokenises to the same positions
-        # an embedding (textual inversion) stands where an id would: it is no word of the pair
-        ids = [tok[0] if isinstance(tok[0], int) else -2 for chunk in first for tok in chunk]
-        out.append((ids, _text_states(clip.encode_from_tokens_scheduled(tokens))))
+        states = _text_states(clip.encode_from_tokens_scheduled(tokens))
+        out.append((_token_ids(tokens, states.shape[0]), states))
     return out
 
 

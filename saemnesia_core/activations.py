@@ -17,6 +17,14 @@ from .prompts import LabelledPrompt, concept_kinds
 INDEX = "index.json"
 
 
+def positions(h: torch.Tensor) -> torch.Tensor:
+    """[N, C] activation vectors of a block's activations: a map [B, C, H, W] gives one per
+    position, tokens [B, T, C] one per token."""
+    if h.dim() == 4:
+        return h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])
+    return h.reshape(-1, h.shape[-1])
+
+
 class ActivationWriter:
     """Append [tokens, d_in] activations with their timestep and prompt id; shards of
     `shard_tokens` rows are written as they fill. `close()` writes the index."""

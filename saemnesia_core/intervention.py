@@ -132,7 +132,9 @@ class ConceptEraser:
         self.index = index
         self.detect_scale = index.detect_scale if detect_scale is None else detect_scale
         resolved = self._resolve(index)
-        self.targets = [self._target(index, resolved, b, multiplier) for b in range(n_buckets)]
+        built = [self._target(index, resolved, b, multiplier) for b in range(n_buckets)]
+        self.targets = [t for t, _ in built]
+        self.owners = [o for _, o in built]  # per bucket: the concept each target latent erases (None: a raw latent)
         self._device_targets: dict = {}
         self._sae_cache: dict = {}
 
@@ -164,8 +166,9 @@ class ConceptEraser:
         return resolved
 
     def _target(self, index: ConceptIndex, resolved: list[tuple], bucket: int,
-                multiplier: float | None) -> erasure.ErasureTarget:
+                multiplier: float | None) -> tuple[erasure.ErasureTarget, list]:
         chosen: dict[int, tuple[float, float, float]] = {}
+        owner: dict[int, str] = {}  # latent -> the concept that claimed it first
         anchors: dict[int, int] = {}
         shifts: dict[int, torch.Tensor] = {}  # concept latent -> anchor's mean state minus the concept's
         maps: dict[int, torch.Tensor] = {}  # concept latent -> its handover map to the anchor
@@ -181,6 +184,7 @@ class ConceptEraser:
                 thr = sel.threshold[0] if sel else 0.0
                 mean = sel.concept_mean[0] if sel else 1.0
                 chosen.setdefault(c.latent, (thr, mean, m))
+                owner.setdefault(c.latent, c.name)
                 if ac is not None:
                     anchors[c.latent] = ac.latent
                     if c.handover is not None and c.handover_anchor == ac.name:
@@ -195,6 +199,7 @@ class ConceptEraser:
             scale = self.detect_scale if self.mode == "replace" else 1.0
             for i, thr, mean in zip(sel.latents, sel.threshold, sel.concept_mean):
                 chosen.setdefault(i, (thr * scale, mean, m))
+                owner.setdefault(i, c.name)
         ids = list(chosen)
         vals = torch.tensor([chosen[i] for i in ids], dtype=torch.float32).view(-1, 3)
         if not torch.isfinite(vals).all():
@@ -213,8 +218,9 @@ class ConceptEraser:
             zero = torch.zeros(d + 1, d)
             map_rows = torch.stack([maps.get(i, zero).float() for i in ids])
             mapped = torch.tensor([i in maps for i in ids])
-        return erasure.ErasureTarget(torch.tensor(ids, dtype=torch.long), vals[:, 0], vals[:, 1], vals[:, 2], anchor_ids,
-                                     shift_rows, shifted, map_rows, mapped)
+        target = erasure.ErasureTarget(torch.tensor(ids, dtype=torch.long), vals[:, 0], vals[:, 1], vals[:, 2], anchor_ids,
+                                       shift_rows, shifted, map_rows, mapped)
+        return target, [owner.get(i) for i in ids]
 
     # --- device handling ----------------------------------------------------------------
     def place(self, device=None, dtype=None) -> TopKSAE:
@@ -280,6 +286,88 @@ class ConceptEraser:
         if spatial:
             return out_tokens.view(b, hh, ww, c).permute(0, 3, 1, 2).contiguous(memory_format=_memory_format(h))
         return out_tokens
+
+    @torch.no_grad()
+    def present(self, h: torch.Tensor, timestep: float, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Which maps of h ([B, N, C] or [B, C, H, W]) carry each erased concept: bool [B] per concept
+        name, True where one of its latents fires above its threshold at some position (rows:
+        bool [B] of maps to judge, None = all)."""
+        tokens = h.flatten(2).transpose(1, 2) if h.dim() == 4 else h
+        b, n, c = tokens.shape
+        bucket = self.index.bucket(float(timestep))
+        target = self.target_on(bucket, h.device)
+        out: dict[str, torch.Tensor] = {}
+        if self.strength == 0 or len(target) == 0:
+            return out
+        sae = self.sae_on(h.device, h.dtype)
+        where, acts = erasure.selected_activations(tokens.reshape(-1, c), sae, target)
+        fires = acts > target.threshold.to(acts.dtype).view(1, -1)
+        for j, name in enumerate(self.owners[bucket]):
+            if name is None:
+                continue
+            hit = torch.zeros(b, dtype=torch.bool, device=h.device)
+            hit[where[fires[:, j]] // n] = True
+            if rows is not None:
+                hit &= rows.to(h.device)
+            out[name] = out[name] | hit if name in out else hit
+        return out
+
+
+class PooledShift:
+    """Moves a pooled text vector (the head of a model's `y`: SDXL's CLIP-G, Flux's CLIP-L, SD3's
+    CLIP-L + CLIP-G) away from the erased concepts. The text SAE cannot read it (another encoder
+    layer, another width), so where a concept's latent fires in a prompt's text states, the
+    prompt's pooled vector moves by strength x (mean pooled vector of the training prompts
+    without the concept - mean of those with it): the concept's average pull, taken out."""
+
+    def __init__(self, eraser: ConceptEraser, shifts: dict[str, torch.Tensor]):
+        self.eraser, self.shifts = eraser, shifts
+        self.width = next(iter(shifts.values())).numel()
+
+    @classmethod
+    def from_record(cls, record: dict, eraser: ConceptEraser) -> "PooledShift | None":
+        """From pooled_record's record; None when none of the erased concepts has a shift."""
+        concepts = record.get("concepts", {}) if isinstance(record, dict) else {}
+        shifts = {}
+        for name in {n for owners in eraser.owners for n in owners if n}:
+            values = concepts.get(name)
+            if isinstance(values, list) and values and all(isinstance(v, (int, float)) for v in values):
+                shifts[name] = torch.tensor(values, dtype=torch.float32)
+        if not shifts or len({v.numel() for v in shifts.values()}) != 1:
+            return None
+        return cls(eraser, shifts)
+
+    @torch.no_grad()
+    def __call__(self, text_states: torch.Tensor, y: torch.Tensor, timestep: float,
+                 rows: torch.Tensor | None = None) -> torch.Tensor:
+        if y.shape[-1] < self.width:
+            raise SAEError(f"The SAE's pooled shifts have {self.width} values, but this model's pooled input has only "
+                           f"{y.shape[-1]}; the SAE was trained with other text encoders.")
+        move = torch.zeros(y.shape[0], self.width, device=y.device, dtype=torch.float32)
+        for name, hit in self.eraser.present(text_states, timestep, rows).items():
+            if name in self.shifts and bool(hit.any()):
+                move[hit.to(y.device)] += self.shifts[name].to(y.device)
+        if not bool(move.any()):
+            return y
+        out = y.clone()
+        out[:, :self.width] += (self.eraser.strength * move).to(y.dtype)
+        return out
+
+
+def pooled_record(prompts, pooled: torch.Tensor) -> dict:
+    """What PooledShift needs, from the training prompts (LabelledPrompt) and their pooled vectors
+    [prompts, P]: per labelled concept, the mean pooled vector of the prompts without it minus the
+    mean of those with it (rounded: a record of JSON numbers)."""
+    names = sorted({name for p in prompts for name in p.labels})
+    pooled = pooled.float()
+    concepts = {}
+    for name in names:
+        has = torch.tensor([name in p.labels for p in prompts])
+        if has.all() or not has.any():
+            continue
+        shift = pooled[~has].mean(0) - pooled[has].mean(0)
+        concepts[name] = [float(f"{v:.5g}") for v in shift.tolist()]
+    return {"width": int(pooled.shape[-1]), "concepts": concepts}
 
 
 def _listed(entries: list[str], n: int = 5) -> str:

@@ -112,12 +112,12 @@ def _share_collection(model, latent, name: str):
     """Both SAEs of a block are trained on the same collected activations: give this run the
     finished collection of its sibling (the node reuses a finished collection in its run folder,
     which is keyed by the run's name and settings)."""
-    from saemnesia_pack.nodes.train_sae import plan_run
+    from saemnesia_pack.nodes.train_sae import TrainSettings, plan_run
 
     def run_dir(n):
         block, supervised = SPECS[n]
-        return plan_run(model, latent, n, OBJECTS, STYLES, hook_point=block, supervised=supervised,
-                        **{**NODE_SETTINGS, **OVERRIDES.get(n, {})}).run_dir
+        return plan_run(model, latent, TrainSettings(n, OBJECTS, STYLES, hook_point=block, supervised=supervised,
+                                                     **{**NODE_SETTINGS, **OVERRIDES.get(n, {})})).run_dir
     mine = run_dir(name)
     for other, (b, _) in SPECS.items():
         if other == name or b != SPECS[name][0]:
