@@ -161,6 +161,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("Flux", ("Flux", "FluxInpaint", "FluxSchnell"), "T5-XXL", _last,
            "the last double block (transformer_blocks.18 of Flux.1, as antoniomari/SAE_flux_18)", _FLUX_BLOCKS,
            pooled=True, context_width=_in_features("txt_in"), aliases=_diffusers_flux_block),
+    # the bundled MiniCanvas-DiT: Flux's layout and blocks, but MiniLM text states and no pooled vector
+    Family("MiniCanvas-DiT", ("MiniCanvasDiTConfig",), "MiniLM-L6", _last, "the last double block, as on Flux",
+           _FLUX_BLOCKS, context_width=_in_features("txt_in"), aliases=_diffusers_flux_block),
     Family("Chroma", ("Chroma",), "T5-XXL", _last, "the last double block, as on Flux", _FLUX_BLOCKS,
            context_width=_in_features("txt_in"), aliases=_diffusers_flux_block),
     Family("Lumina 2", ("Lumina2",), "Gemma 2 2B", _middle, "the middle layer",

