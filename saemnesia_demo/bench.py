@@ -490,6 +490,13 @@ METHODS: dict[str, tuple[str, Callable[[Methods, list], Plan]]] = {
                           lambda m, ts: Plan(tuple(m.context(ts)))),
 }
 SEQUENTIAL_METHODS = ("word_filter", "saemnesia_per", "saemnesia_context")
+# what a method is on the DiT where it differs from the UNet's: its text enters once, at txt_in
+DIT_METHOD_NAMES = {"saemnesia_context": "SAEmnesia on the text states, at the DiT's input (one latent detects, a "
+                                         "handover map to the anchor)"}
+
+
+def method_name(name: str, model: str = "unet") -> str:
+    return (DIT_METHOD_NAMES.get(name) if model == "dit" else None) or METHODS[name][0]
 
 
 def unsupervised_indexes(bench: Bench, loaded, seeds, taus) -> dict:
@@ -679,7 +686,7 @@ def run(args) -> dict:
                         "seen_wording": TEMPLATE, "rows_per_target": "its 6 pairs + one pair of each other concept of its kind",
                         "sections": sections, "artifact_confidence": CONFIDENT, "scoring": SCORING,
                         "broken_noise_margin": NOISE_MARGIN, "broken_denoise_margin": DENOISE_MARGIN,
-                        "methods": {n: METHODS[n][0] for n in names},
+                        "methods": {n: method_name(n, bench.model) for n in names},
                         "saes": {k: {m: {"file": os.path.basename(s.info.source), "block": s.info.hook_point,
                                          "latents": s.sae.n_latents, "k": s.sae.k,
                                          "default_multiplier": s.index.default_multiplier,

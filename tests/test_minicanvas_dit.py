@@ -185,6 +185,7 @@ def test_unet_only_methods_are_skipped_on_the_dit_and_recorded(tiny_dit_file, tm
     assert json.loads(out.read_text())["settings"]["model"] == "dit"
     s = res["settings"]
     assert s["model_file"]["file"] == "tiny_dit.safetensors" and s["sampler"].startswith("Euler")
+    assert "at the DiT's input" in s["methods"]["saemnesia_context"]
     assert set(s["skipped_methods"]) == {"saemnesia", "saemnesia_per"}
     assert set(res["test"]) == {"none", "word_filter", "saemnesia_context"}
     rows = len(bench.unseen_rows([0], bench.validation_pairs("star")))
@@ -215,3 +216,36 @@ def test_the_attacks_run_on_the_dit(dit_bench, star_context_edits, one_torch_thr
         loss = attacks.denoising_loss(eps, targets, states)[0]
         grad, = torch.autograd.grad(loss, states)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_the_readme_table_gets_a_dit_column_group_only_when_the_dit_was_measured():
+    """benchmarks/tables.py: without minicanvas_dit.json the README's table is what it was; with it,
+    each method row carries the DiT's cells, the methods skipped on the DiT say so, and the
+    several-at-once and sequential tables have the DiT's rows and columns."""
+    import copy
+    import importlib.util
+    import re
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("tables", repo / "benchmarks" / "tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    unet = json.loads((repo / "benchmarks" / "results" / "minicanvas.json").read_text())
+    readme = (repo / "README.md").read_text()
+    block = re.search(r"<!-- bench:minicanvas -->\n(.*?)\n<!-- /bench:minicanvas -->", readme, re.S).group(1)
+    assert tables.minicanvas(unet, None) == block
+    dit_run = copy.deepcopy(unet)  # the DiT's results in the same format, its own numbers
+    dit_run["settings"].update(model="dit", sampler="Euler", model_file={"file": "demo_dit.safetensors", "training_steps": 9},
+                               skipped_methods={"saeuron": "needs block SAEs"})
+    dit_run["test"].pop("saeuron")
+    dit_run["test"]["none"]["summary"]["objects"]["UA_drawn"] = 12.34
+    dit_run["multi"] = {"objects_2": {"word_filter": {"UA_drawn": 55.5, "IRA": 1, "CRA": 2}}}
+    dit_run["sequential"] = {"word_filter": [{"UA_drawn": 66.6, "IRA": 3, "CRA": 4}]}
+    table = tables.minicanvas(unet, dit_run)
+    rows = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| ")}
+    assert rows["| method"].endswith("| DiT objects | DiT styles | DiT failed |")
+    assert "| 12.34 (of " in rows["| no erasure"] and rows["| no erasure"].count(" | ") == rows["| method"].count(" | ") == 13
+    assert rows["| SAeUron (per-concept grid search)"].endswith("| n/a (no DiT block SAEs) | n/a (no DiT block SAEs) | - |")
+    assert "| objects 2 (DiT) | " in table and "55.5 / 1 / 2" in table
+    assert "(DiT) |" in rows["| objects erased"] and "66.6 / 3 / 4" in table
+    assert "demo_dit.safetensors` after 9 training steps" in table
