@@ -94,32 +94,66 @@ def _name(d: dict, key: str) -> str:
     return d["settings"].get("methods", {}).get(key, key)
 
 
-def minicanvas(d):
+def _kind_cells(v: dict) -> list[str]:
+    """UA (drawn, of how many), IRA, CRA, avg of one kind."""
+    return [f"{_v(v.get('UA_drawn'))} (of {_v(v.get('drawn'))})", _v(v.get("IRA")), _v(v.get("CRA")),
+            f"**{_v(v.get('avg_drawn'))}**"]
+
+
+def _dit_cells(dit: dict, key: str) -> list[str]:
+    """The DiT's column group for one method: objects and styles as UA (drawn) / IRA / CRA / avg, failed."""
+    skipped = dit["settings"].get("skipped_methods", {})
+    if key not in dit["test"]:
+        return ["n/a (no DiT block SAEs)" if key in skipped else "-"] * 2 + ["-"]
+    summary = dit["test"][key]["summary"]
+    return [" / ".join(_kind_cells(summary[k])) if k in summary else "-" for k in ("objects", "styles")] + [
+        f"{dit['test'][key]['failed_rate']}%"]
+
+
+def _dit_note(dit: dict) -> str:
+    s, dm, f = dit["settings"], dit["demo_model"], dit["settings"].get("model_file", {})
+    skipped = ", ".join(_name(dit, k).split(" (")[0] if k in s.get("methods", {}) else k for k in s.get("skipped_methods", {}))
+    return (f" **MiniCanvas-DiT** columns: the same measurement on the second demo model (Flux layout, "
+            f"`{f.get('file')}` after {_v(f.get('training_steps'))} training steps; {s['sampler']}, {s['steps']} steps, "
+            f"CFG {s['cfg']}; seeds {s['test_seeds']}), cells UA (drawn) / IRA / CRA / **avg**. Unedited on test "
+            f"wordings: object {dm['test']['object_acc']}%, style {dm['test']['style_acc']}% (seen wording: "
+            f"{dm['seen']['object_acc']}% / {dm['seen']['style_acc']}%). The text SAE edits the text states at the "
+            f"DiT's input" + (f"; not run on it, for want of block SAEs on its blocks: {skipped}." if skipped else "."))
+
+
+def minicanvas(d, dit=None):
     """The headline: every method on TEST wordings (drawn-and-removed UA, IRA, CRA), then the seen
-    wording, several concepts at once and in sequence."""
+    wording, several concepts at once and in sequence; with the DiT's results (`dit`), a column
+    group per model."""
     s, dm, run = d["settings"], d["demo_model"], d["run"]
-    rows = ["| method | objects UA (drawn) | IRA | CRA | **avg** | styles UA (drawn) | IRA | CRA | **avg** | failed "
-            "| seen wording: objects avg / styles avg |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key, m in d["test"].items():
-        cells = []
-        for kind in ("objects", "styles"):
-            v = m["summary"].get(kind, {})
-            cells += [f"{_v(v.get('UA_drawn'))} (of {_v(v.get('drawn'))})", _v(v.get("IRA")), _v(v.get("CRA")),
-                      f"**{_v(v.get('avg_drawn'))}**"]
+    head = ("| method | objects UA (drawn) | IRA | CRA | **avg** | styles UA (drawn) | IRA | CRA | **avg** | failed "
+            "| seen wording: objects avg / styles avg |")
+    rows = [head + (" DiT objects | DiT styles | DiT failed |" if dit else ""),
+            "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if dit else "")]
+    keys = list(d["test"]) + [k for k in (dit or {}).get("test", {}) if k not in d["test"]]
+    for key in keys:
+        m = d["test"].get(key)
+        cells = ([c for k in ("objects", "styles") for c in _kind_cells(m["summary"].get(k, {}))]
+                 + [f"{m['failed_rate']}%"] if m else ["-"] * 9)
         seen = d.get("seen", {}).get(key, {}).get("summary", {})
-        seen_cell = " / ".join(_v(seen.get(k, {}).get("avg")) for k in ("objects", "styles"))
-        rows.append(f"| {_name(d, key)} | " + " | ".join(cells) + f" | {m['failed_rate']}% | {seen_cell} |")
-    mk = [k for k in d["test"] if k != "none"]
+        cells.append(" / ".join(_v(seen.get(k, {}).get("avg")) for k in ("objects", "styles")))
+        if dit:
+            cells += _dit_cells(dit, key)
+        rows.append(f"| {_name(d if m else dit, key)} | " + " | ".join(cells) + " |")
+    runs = [("", d)] + ([(" (DiT)", dit)] if dit else [])
+    mk = list(dict.fromkeys(k for _, r in runs for k in r["test"] if k != "none"))
     multi = ["| erased at once | " + " | ".join(_name(d, k).split(" (")[0] for k in mk) + " |", "|---|" + "---|" * len(mk)]
-    for group, res in d["multi"].items():
-        multi.append(f"| {group.replace('_', ' ')} | " + " | ".join(
-            f"{_v(res[k]['UA_drawn'])} / {_v(res[k]['IRA'])} / {_v(res[k]['CRA'])}" if k in res else "-" for k in mk) + " |")
-    seq = ["| objects erased | " + " | ".join(_name(d, k).split(" (")[0] for k in d["sequential"]) + " |",
-           "|---|" + "---|" * len(d["sequential"])]
-    n_steps = max((len(v) for v in d["sequential"].values()), default=0)
+    for tag, r in runs:
+        for group, res in r["multi"].items():
+            multi.append(f"| {group.replace('_', ' ')}{tag} | " + " | ".join(
+                f"{_v(res[k]['UA_drawn'])} / {_v(res[k]['IRA'])} / {_v(res[k]['CRA'])}" if k in res else "-"
+                for k in mk) + " |")
+    seqs = [(_name(r, k).split(" (")[0] + tag, v) for tag, r in runs for k, v in r["sequential"].items()]
+    seq = ["| objects erased | " + " | ".join(n for n, _ in seqs) + " |", "|---|" + "---|" * len(seqs)]
+    n_steps = max((len(v) for _, v in seqs), default=0)
     for i in range(n_steps):
         seq.append(f"| {i + 1} | " + " | ".join(f"{_v(v[i]['UA_drawn'])} / {_v(v[i]['IRA'])} / {_v(v[i]['CRA'])}"
-                                                 for v in d["sequential"].values()) + " |")
+                                                 if i < len(v) else "-" for _, v in seqs) + " |")
     tw = s["test_wordings"]
     g = d.get("saeuron_search")
     return (f"**Test wordings** ({tw['per_pair']} per object x style pair from the `TEST` vocabulary, which nothing was "
@@ -135,12 +169,24 @@ def minicanvas(d):
             f"were fitted on: the mean of UA, IRA and CRA."
             + (f" SAeUron: {g['settings_per_concept']} (tau, gamma) settings per concept chosen on validation seeds "
                f"{s['validation_seeds']} in the seen wording. " if g else " ") + _calibrated(s)
-            + f" Run: {run['images']} images in {run['seconds']:.0f} s, {run['threads']} threads, {run['date']}.\n\n"
+            + f" Run: {run['images']} images in {run['seconds']:.0f} s, {run['threads']} threads, {run['date']}."
+            + (_dit_note(dit) + f" DiT run: {dit['run']['images']} images in {dit['run']['seconds']:.0f} s, "
+               f"{dit['run']['date']}." if dit else "") + "\n\n"
             + "\n".join(rows)
             + "\n\nSeveral concepts at once, test wordings (UA drawn / IRA / CRA, seed 0):\n\n" + "\n".join(multi)
             + "\n\nSequential erasure of the objects in the order circle, square, triangle, cross, star, heart, test "
               "wordings (UA drawn over the erased ones / IRA over the rest / CRA; seed 0):\n\n" + "\n".join(seq)
-            + "\n\n![MiniCanvas benchmark](benchmarks/results/minicanvas.png)")
+            + "\n\n![MiniCanvas benchmark](benchmarks/results/minicanvas.png)"
+            + ("\n\n![MiniCanvas-DiT benchmark](benchmarks/results/minicanvas_dit.png)" if dit else ""))
+
+
+def _load(name: str):
+    """benchmarks/results/NAME.json, or None where that run has not been made."""
+    path = os.path.join(RESULTS, f"{name}.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def attacks(d):
@@ -186,11 +232,10 @@ def _fill(path, jobs):
     with open(path, encoding="utf-8") as f:
         text = f.read()
     for name, fn in jobs:
-        src = os.path.join(RESULTS, f"{name}.json")
-        if not os.path.isfile(src):
+        d = _load(name)
+        if d is None:
             continue
-        with open(src) as f:
-            table = fn(json.load(f))
+        table = fn(d)
         pat = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
         text = pat.sub(lambda m: m.group(1) + table + m.group(2), text)
     with open(path, "w", encoding="utf-8") as f:
@@ -198,7 +243,8 @@ def _fill(path, jobs):
 
 
 def main():
-    _fill(os.path.join(REPO, "README.md"), (("overhead", overhead), ("training", training), ("minicanvas", minicanvas),
+    _fill(os.path.join(REPO, "README.md"), (("overhead", overhead), ("training", training),
+                                            ("minicanvas", lambda d: minicanvas(d, _load("minicanvas_dit"))),
                                             ("attacks", attacks)))
     _fill(os.path.join(REPO, "docs", "minicanvas.md"), (("ceilings", ceilings),))
 

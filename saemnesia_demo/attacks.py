@@ -18,7 +18,10 @@ Objective of both: the erased model's denoising loss (epsilon MSE) on target pic
 *unedited* model drew from the concept's prompts, at fixed timesteps and fixed noises (so
 candidates are compared on one deterministic objective). The loss is the conditional
 prediction's, as UnlearnDiffAtk's: a negative prompt acts only through guidance, so against a
-negative prompt the attack is the one found on the unedited model, then sampled with it.
+negative prompt the attack is the one found on the unedited model, then sampled with it. On
+MiniCanvas-DiT (a rectified flow) the same loss is its flow-matching loss at the same
+signal-to-noise ratios, on the noise scale (`DitBench.noise_prediction`), and the attacked
+prompts are sampled with its Euler sampler.
 
 The gradient flows through the eraser: `ConceptEraser.__call__` is a no-grad function, so the
 attacks call the function it wraps under `torch.enable_grad()`. The gradient passes through
@@ -50,7 +53,7 @@ from saemnesia_core.intervention import ConceptEraser
 
 from . import data
 from .bench import DENOISE_MARGIN, NOISE_MARGIN, TEST_SEEDS, Bench, kind_of
-from .sampling import alphas_cumprod, ddim_sample
+from .sampling import alphas_cumprod
 from .text_encoder import TOKEN_LENGTH, get_text_encoder
 from .vocabulary import TRAIN
 
@@ -108,7 +111,7 @@ def _differentiable(fn):
 
 
 class EditedModel:
-    """eps(x, t, ctx) of the bench's UNet with a plan's edits, negative prompt and rewrite: the
+    """eps(x, t, ctx) of the bench's model with a plan's edits, negative prompt and rewrite: the
     erased model as sampling runs it (`Bench.sample`), usable with or without the gradient."""
 
     def __init__(self, bench: Bench, plan: dict):
@@ -123,32 +126,27 @@ class EditedModel:
         self._runs: list[tuple[int, int]] = []  # (timestep, rows) of the current batch, in order
 
     @contextmanager
-    def hooked(self, grad: bool):
-        """Inside: the edited model's eps(x, t, ctx), block edits hooked like Bench._hook. Rows may
-        have different timesteps (the attacks' loss batches its timesteps): each edit then runs once
-        per run of rows with the same timestep, as an eraser needs."""
+    def hooked(self, grad: bool, native: bool = False):
+        """Inside: the edited model's eps(x, t, ctx) (x noised as DDPM noises at timesteps t, on
+        either model: `Bench.noise_prediction`), or with `native` its own call as its sampler makes
+        it (the DiT's velocity at sigma t), block edits hooked as in `Bench.sample`. Rows may have
+        different timesteps (the attacks' loss batches its timesteps): each edit then runs once per
+        run of rows with the same timestep, as an eraser needs."""
         fns = [(b, _differentiable(fn) if grad else fn) for b, fn in self.edits]
         handles = []
-        for block, fn in fns:
-            if block == CONTEXT:
-                continue
-
-            def hook(_module, _inputs, out, fn=fn):
-                if isinstance(out, tuple):
-                    return (self._per_timestep(fn, out[0]),) + tuple(out[1:])
-                out.sample = self._per_timestep(fn, out.sample)
-                return out
-            handles.append(self.bench.unet.get_submodule(self.bench.blocks[block]).register_forward_hook(hook))
-        context = [fn for b, fn in fns if b == CONTEXT]
-
-        def eps(x, t, ctx):
-            steps, counts = torch.unique_consecutive(t, return_counts=True)
-            self._runs = list(zip(steps.tolist(), counts.tolist()))
-            for fn in context:  # what every cross-attention reads
-                ctx = self._per_timestep(fn, ctx)
-            return self.bench.unet(x, t, encoder_hidden_states=ctx).sample
         try:
-            yield eps
+            for block, fn in fns:
+                if block != CONTEXT:
+                    handles.append(self.bench.hook_block(block, lambda h, fn=fn: self._per_timestep(fn, h)))
+            context = [fn for b, fn in fns if b == CONTEXT]
+
+            def net(x, t, ctx, *_):
+                steps, counts = torch.unique_consecutive(t, return_counts=True)
+                self._runs = list(zip(steps.tolist(), counts.tolist()))
+                for fn in context:  # what the model reads of the prompt
+                    ctx = self._per_timestep(fn, ctx)
+                return self.bench.net(x, t, ctx)
+            yield net if native else (lambda x, t, ctx: self.bench.noise_prediction(net, x, t, ctx))
         finally:
             for h in handles:
                 h.remove()
@@ -230,10 +228,9 @@ def sample(bench: Bench, model: EditedModel, cond: torch.Tensor, seeds: list[int
     """What sampling draws from these text states (Bench.sample's sampler, steps, CFG, batches)."""
     uncond = bench.text([model.negative])
     out = []
-    with model.hooked(grad=False) as eps:
+    with model.hooked(grad=False, native=True) as net:
         for i in range(0, len(cond), bench.batch):
-            out.append(ddim_sample(eps, cond[i:i + bench.batch], uncond, steps=bench.steps, cfg=bench.cfg,
-                                   seeds=seeds[i:i + bench.batch]))
+            out.append(bench.draw(net, cond[i:i + bench.batch], uncond, seeds[i:i + bench.batch]))
     return torch.cat(out)
 
 
@@ -454,7 +451,10 @@ def attack_results(bench: Bench, plans: dict, targets: list[str], seeds: list[in
                         "placeholder": PLACEHOLDER, "steps": bench.steps, "cfg": bench.cfg,
                         "prompts": "TRAIN name templates (TRAIN.prompts_for), the concept with each concept of the "
                                    "other kind", "loss": "conditional epsilon MSE of the erased model on the "
-                                                         "unedited model's pictures, fixed timesteps and noises",
+                                                         "unedited model's pictures, fixed timesteps and noises"
+                                                         + ("" if bench.model == "unet" else
+                                                            " (the DiT: its velocity's implied noise at DDPM's "
+                                                            "signal-to-noise ratios, the flow-matching loss x (1-s)^2)"),
                         "gradient": "through the eraser's undecorated edit (residual, latent activation, handover "
                                     "map); not through thresholds, top-k membership or capped shares"},
            "targets": {}, "methods": {}}

@@ -24,6 +24,12 @@ chosen on validation seeds and the training template); SAEmnesia (supervised SAE
 one calibrated multiplier); SAEmnesia + PER (the latent as detector, detected positions
 replaced); SAEmnesia on the text states. Plus several concepts at once and in sequence, on test
 wordings too. Attacks (``attacks.py``) run as their own part.
+
+Two models (``--model``): the demo UNet (default, ``minicanvas.json``) and MiniCanvas-DiT (``dit.py``,
+Flux layout, rectified flow; ``minicanvas_dit.json``), sampled with its own family's sampler (Euler,
+simple schedule) at the same steps and CFG, judged by the same classifiers and scoring. On the DiT
+the text SAE edits the text states at its input; the methods that need block SAEs on UNet blocks
+(SAeUron, SAEmnesia, SAEmnesia + PER) are skipped, and the results say so.
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -49,7 +56,9 @@ from saemnesia_core.training import concept_statistics
 
 from . import data
 from .classifier import load_classifiers
-from .sampling import alphas_cumprod, ddim_sample
+from .dit import DEFAULT_PATH as DEFAULT_DIT
+from .dit import euler_sample, load_demo_dit
+from .sampling import alphas_cumprod, ddim_sample, seed_noise
 from .text_encoder import encode_prompts
 from .unet import ldm_transformer_blocks, load_demo_unet
 from .vocabulary import TEST, TRAIN, word_filter
@@ -180,10 +189,14 @@ class Answers:
 
 
 class Bench:
+    """The demo UNet as the benchmark runs it: sampling with edits on its hook points, the
+    classifiers' answers, the quality measures of `broken`. `DitBench` is the same for the DiT."""
+    model = "unet"
+    sampler = "DDIM (eta 0), SD1 schedule; = KSampler ddim/ddim_uniform"
+
     def __init__(self, threads: int = 1, steps: int = 25, cfg: float = 4.0, batch: int = 108, log=print):
         torch.set_num_threads(threads)
-        self.unet, meta = load_demo_unet()
-        self.blocks = ldm_transformer_blocks(meta["diffusers_config"])
+        self.load_model()
         self.clf, _ = load_classifiers()
         self.steps, self.cfg, self.batch, self.log = steps, cfg, batch, log
         self._text: dict[str, torch.Tensor] = {}
@@ -193,6 +206,35 @@ class Bench:
         self.images = 0
         self.seconds = 0.0
 
+    # --- what differs between the models ---------------------------------------------------
+    def load_model(self):
+        self.unet, meta = load_demo_unet()
+        self.blocks = ldm_transformer_blocks(meta["diffusers_config"])
+        self.model_info = {"file": "demo_unet.safetensors"}
+
+    def net(self, x, t, ctx):
+        """The model's own call, unedited: the UNet's noise prediction at DDPM timestep t."""
+        return self.unet(x, t, encoder_hidden_states=ctx).sample
+
+    def draw(self, net, cond, uncond, seeds) -> torch.Tensor:
+        """The model's sampler over `net(x, t, ctx)` (the model's own call, edits included)."""
+        return ddim_sample(net, cond, uncond, steps=self.steps, cfg=self.cfg, seeds=seeds)
+
+    def noise_prediction(self, net, x, t, ctx):
+        """The noise that `net` sees in `x`, noised as DDPM noises at integer timesteps `t`: the
+        objective denoising_error and the attacks share across models."""
+        return net(x, t, ctx)
+
+    def hook_block(self, block: str, edit: Callable[[torch.Tensor], torch.Tensor]):
+        """A forward hook that passes the block's output through `edit`; its handle."""
+        def hook(_module, _inputs, out):
+            if isinstance(out, tuple):
+                return (edit(out[0]),) + tuple(out[1:])
+            out.sample = edit(out.sample)
+            return out
+        return self.unet.get_submodule(self.blocks[block]).register_forward_hook(hook)
+
+    # --- the same for every model ------------------------------------------------------------
     def text(self, prompts: list[str]) -> torch.Tensor:
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text]
         if missing:
@@ -200,19 +242,11 @@ class Bench:
                 self._text[p] = e
         return torch.stack([self._text[p] for p in prompts])
 
-    def _eps(self, x, t, ctx):
+    def _edited_net(self, x, t, ctx, *_):
         self._t["t"] = float(t[0])
-        for fn in self._context_edits:  # what every cross-attention reads (hook point "context")
+        for fn in self._context_edits:  # what the model reads of the prompt (hook point "context")
             ctx = fn(ctx, self._t["t"])
-        return self.unet(x, t, encoder_hidden_states=ctx).sample
-
-    def _hook(self, block: str, fn):
-        def hook(_module, _inputs, out):
-            if isinstance(out, tuple):
-                return (fn(out[0], self._t["t"]),) + tuple(out[1:])
-            out.sample = fn(out.sample, self._t["t"])
-            return out
-        return self.unet.get_submodule(self.blocks[block]).register_forward_hook(hook)
+        return self.net(x, t, ctx)
 
     @torch.no_grad()
     def sample(self, prompts: list[str], seeds: list[int], edits=(), negative: str = "",
@@ -221,15 +255,17 @@ class Bench:
         what the prompt text becomes before it is encoded (a user's edit of the prompt)."""
         if rewrite is not None:
             prompts = [rewrite(p) for p in prompts]
-        handles = [self._hook(b, fn) for b, fn in edits if b != CONTEXT]
-        self._context_edits = [fn for b, fn in edits if b == CONTEXT]
+        handles = []
         t0 = time.perf_counter()
         try:
+            for b, fn in edits:
+                if b != CONTEXT:
+                    handles.append(self.hook_block(b, lambda h, fn=fn: fn(h, self._t["t"])))
+            self._context_edits = [fn for b, fn in edits if b == CONTEXT]
             out = []
             for i in range(0, len(prompts), self.batch):
-                cond = self.text(prompts[i:i + self.batch])
-                out.append(ddim_sample(self._eps, cond, self.text([negative]), steps=self.steps, cfg=self.cfg,
-                                       seeds=seeds[i:i + self.batch]))
+                out.append(self.draw(self._edited_net, self.text(prompts[i:i + self.batch]), self.text([negative]),
+                                     seeds[i:i + self.batch]))
         finally:
             for h in handles:
                 h.remove()
@@ -248,7 +284,8 @@ class Bench:
 
     def quality(self, images: torch.Tensor) -> torch.Tensor:
         """[n, 2]: noise_level and denoising_error of each picture."""
-        return torch.stack([noise_level(images), denoising_error(self._eps, images, self.text([""]))], 1)
+        eps = lambda x, t, ctx: self.noise_prediction(self.net, x, t, ctx)  # noqa: E731
+        return torch.stack([noise_level(images), denoising_error(eps, images, self.text([""]))], 1)
 
     def unedited(self, rows: list[tuple]) -> Answers:
         """The unedited model's answers on these `(object, style, prompt, seed)` rows, each sampled
@@ -284,6 +321,60 @@ class Bench:
         """The training template ("a {object} in {style} style") on all prompts, or on the given
         (object, style) index pairs, x seeds: the *seen* wording."""
         return self.answer_rows(seen_rows(seeds, pairs), Plan(tuple(edits), negative))
+
+
+# Methods that edit UNet blocks through block SAEs: none exists for the DiT's blocks
+UNET_ONLY = ("saeuron", "saemnesia", "saemnesia_per")
+
+
+class DitBench(Bench):
+    """MiniCanvas-DiT as the benchmark runs it: Euler on the rectified flow with the `simple`
+    schedule (the stock KSampler euler/simple), CFG on the velocity's x0; text edits on the states
+    the DiT reads at its input (`txt_in`), told the model's own timestep (sigma in 0..1, as
+    ComfyUI's ModelSamplingFlux gives an edit); no block hook points."""
+    model = "dit"
+    sampler = "Euler on the rectified flow, simple schedule, shift 0.5; = KSampler euler/simple"
+
+    def __init__(self, path=None, **kwargs):
+        self.path = Path(path or DEFAULT_DIT)
+        super().__init__(**kwargs)
+
+    def load_model(self):
+        if not self.path.is_file():
+            raise FileNotFoundError(
+                f"MiniCanvas-DiT weights not found at {self.path}. Train them with `nice -n 19 python -m "
+                f"saemnesia_demo.train_dit --work scratch/minicanvas_dit` (docs/minicanvas.md), or export a running "
+                f"training's EMA weights with `python -m saemnesia_demo.train_dit --work scratch/minicanvas_dit "
+                f"--export-only --out PATH` and pass --dit PATH.")
+        self.dit, meta = load_demo_dit(self.path)
+        self.blocks = {}
+        self.model_info = {"file": self.path.name, "training_steps": meta.get("training", {}).get("steps")}
+
+    def net(self, x, t, ctx):
+        """The DiT's velocity (noise - x0) at sigma t."""
+        return self.dit(x, t, ctx)
+
+    def draw(self, net, cond, uncond, seeds) -> torch.Tensor:
+        return euler_sample(net, cond, uncond, seed_noise(seeds), steps=self.steps, cfg=self.cfg)
+
+    def noise_prediction(self, net, x, t, ctx):
+        """DDPM's x_t at timestep t is the rectified flow's x_s scaled by (sqrt(a) + sqrt(1 - a)),
+        at sigma s = sqrt(1 - a) / (sqrt(a) + sqrt(1 - a)) (the same signal-to-noise ratio); the
+        velocity v = noise - x0 then names the noise as x_s + (1 - s) v. Its squared error is the
+        flow-matching loss at s weighted by (1 - s)^2, on the scale of the UNet's."""
+        a = alphas_cumprod()[t].view(-1, 1, 1, 1)
+        scale = a.sqrt() + (1 - a).sqrt()
+        s = (1 - a).sqrt() / scale
+        xs = x / scale
+        return xs + (1 - s) * net(xs, s.flatten(), ctx)
+
+    def hook_block(self, block, edit):
+        raise ValueError(f"MiniCanvas-DiT has no block hook point '{block}' (no block SAE exists for it); "
+                         f"on the DiT only 'context' edits (the text SAE) apply")
+
+
+def make_bench(model: str = "unet", dit_path=None, **kwargs) -> Bench:
+    return DitBench(dit_path, **kwargs) if model == "dit" else Bench(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -399,6 +490,13 @@ METHODS: dict[str, tuple[str, Callable[[Methods, list], Plan]]] = {
                           lambda m, ts: Plan(tuple(m.context(ts)))),
 }
 SEQUENTIAL_METHODS = ("word_filter", "saemnesia_per", "saemnesia_context")
+# what a method is on the DiT where it differs from the UNet's: its text enters once, at txt_in
+DIT_METHOD_NAMES = {"saemnesia_context": "SAEmnesia on the text states, at the DiT's input (one latent detects, a "
+                                         "handover map to the anchor)"}
+
+
+def method_name(name: str, model: str = "unet") -> str:
+    return (DIT_METHOD_NAMES.get(name) if model == "dit" else None) or METHODS[name][0]
 
 
 def unsupervised_indexes(bench: Bench, loaded, seeds, taus) -> dict:
@@ -545,35 +643,50 @@ def accuracy(answers: Answers) -> dict:
             "failed_rate": answers.artifact_rate, "pictures": len(answers.objs)}
 
 
-def setup(args) -> tuple[Bench, Methods, list[str], list[str]]:
-    """The bench, the methods over the shipped SAEs, the targets and the method names the options ask
-    for ("none" always; the text SAE's method only where its file is there)."""
-    bench = Bench(threads=args.threads, batch=args.batch, steps=args.steps)
+def setup(args, log=print) -> tuple[Bench, Methods, list[str], list[str]]:
+    """The bench of the model the options name, the methods over the shipped SAEs, the targets and
+    the method names the options ask for ("none" always; the text SAE's method only where its file
+    is there; on the DiT none of the methods that need UNet block SAEs, each said why)."""
+    model = getattr(args, "model", "unet")
+    bench = make_bench(model, getattr(args, "dit", None), threads=args.threads, batch=args.batch, steps=args.steps)
+    block_saes = {} if model == "dit" else SAES
     saes = {kind: {m: load_sae(os.path.join(args.sae_dir, name + ".safetensors")) for m, name in v.items()}
-            for kind, v in SAES.items()}
+            for kind, v in block_saes.items()}
     context_path = os.path.join(args.sae_dir, CONTEXT_SAE + ".safetensors")
     methods = Methods(bench, saes, context_sae=load_sae(context_path) if os.path.isfile(context_path) else None)
     targets = [t for t in (list(data.OBJECTS) + list(data.STYLES)) if not args.targets or t in args.targets]
     names = [n for n in METHODS if (n != "saemnesia_context" or methods.context_sae is not None)
              and (not args.methods or n in args.methods or n == "none")]
-    return bench, methods, targets, names
+    skipped = skipped_methods(bench, names)
+    for n, why in skipped.items():
+        log(f"skipping {n} on {bench.model}: {why}")
+    return bench, methods, targets, [n for n in names if n not in skipped]
+
+
+def skipped_methods(bench: Bench, names) -> dict[str, str]:
+    """Methods of `names` that do not apply to the bench's model, with the reason."""
+    if bench.model != "dit":
+        return {}
+    return {n: "needs block SAEs on UNet blocks; none exists for MiniCanvas-DiT's blocks" for n in names if n in UNET_ONLY}
 
 
 def run(args) -> dict:
     log = print if not args.quiet else (lambda *a: None)
-    bench, methods, targets, names = setup(args)
+    bench, methods, targets, names = setup(args, log)
+    asked = [n for n in METHODS if not args.methods or n in args.methods]
     saes = methods.saes
     seeds, sections = list(range(args.seeds)), list(args.sections)
     t_start = time.perf_counter()
-    out = {"settings": {"test_seeds": seeds, "validation_seeds": VALIDATION_SEEDS, "steps": bench.steps,
-                        "cfg": bench.cfg, "sampler": "DDIM (eta 0), SD1 schedule; = KSampler ddim/ddim_uniform",
+    out = {"settings": {"model": bench.model, "model_file": bench.model_info, "skipped_methods": skipped_methods(bench, asked),
+                        "test_seeds": seeds, "validation_seeds": VALIDATION_SEEDS, "steps": bench.steps,
+                        "cfg": bench.cfg, "sampler": bench.sampler,
                         "test_wordings": {"per_pair": TEST_WORDINGS, "vocabulary": "TEST (saemnesia_demo/vocabulary.py)",
                                           "examples": TEST.prompts_for("star", "stripes", TEST_WORDINGS, seed=0),
                                           "multi_and_sequential": f"wordings {list(SEQUENCE_WORDINGS)} of each pair, seed 0"},
                         "seen_wording": TEMPLATE, "rows_per_target": "its 6 pairs + one pair of each other concept of its kind",
                         "sections": sections, "artifact_confidence": CONFIDENT, "scoring": SCORING,
                         "broken_noise_margin": NOISE_MARGIN, "broken_denoise_margin": DENOISE_MARGIN,
-                        "methods": {n: METHODS[n][0] for n in names},
+                        "methods": {n: method_name(n, bench.model) for n in names},
                         "saes": {k: {m: {"file": os.path.basename(s.info.source), "block": s.info.hook_point,
                                          "latents": s.sae.n_latents, "k": s.sae.k,
                                          "default_multiplier": s.index.default_multiplier,
@@ -676,6 +789,9 @@ def run_split(args, argv: list[str]) -> dict:
 
 def merge(parts: list[dict]) -> dict:
     """Runs on disjoint targets as one: their records joined, their counts added."""
+    models = {p["settings"].get("model", "unet") for p in parts}
+    if len(models) > 1:
+        raise SystemExit(f"cannot merge runs on different models ({', '.join(sorted(models))}); merge each model's parts apart")
     out = {k: json.loads(json.dumps(v)) for k, v in parts[0].items() if k in ("settings", "demo_model", "run")}
     out["records"] = [r for p in parts for r in p["records"]]
     searches = [p["saeuron_search"] for p in parts if "saeuron_search" in p]
@@ -732,7 +848,7 @@ def plot(results: dict, path: str):
         s = results["test"][m]["summary"].get(kind)
         x0 = pad + gi * group_w
         for bi, key in enumerate(("UA_drawn", "IRA", "CRA", "avg_drawn")):
-            v = s[key] if s else 0
+            v = (s or {}).get(key) or 0  # None: no picture to measure (UA of a target never drawn)
             top = h - pad - (h - 2 * pad) * v / 100
             d.rectangle([x0 + bi * bar_w, top, x0 + (bi + 1) * bar_w - 1, h - pad], fill=colors[key])
         d.text((x0, h - pad + 4), m.replace("saemnesia", "SAEm").replace("negative_prompt", "neg")[:9], fill="black")
@@ -761,16 +877,20 @@ def run_attacks(args) -> dict:
             plan = METHODS[name][1](methods, list(ts))
             return {"edits": list(plan.edits), "negative": plan.negative, "rewrite": plan.rewrite}
         return make
-    return attack_results(bench, {n: as_dict(n) for n in names}, targets, list(range(args.seeds)))
+    out = attack_results(bench, {n: as_dict(n) for n in names}, targets, list(range(args.seeds)))
+    out["settings"].update({"model": bench.model, "model_file": bench.model_info, "sampler": bench.sampler,
+                            "skipped_methods": skipped_methods(bench, [n for n in METHODS if not args.methods or n in args.methods])})
+    return out
 
 
-def validation_check(sae_path: str, seeds: list[int], threads: int = 2, steps: int = BENCH_STEPS, log=print) -> dict:
+def validation_check(sae_path: str, seeds: list[int], threads: int = 2, steps: int = BENCH_STEPS, log=print,
+                     model: str = "unet", dit_path=None) -> dict:
     """The text SAE as shipped, each concept erased in turn on its validation pairs and the given
     (never test) seeds: the quick check that decides whether a change is worth a full run."""
     if set(seeds) & set(TEST_SEEDS):
         raise SystemExit(f"--validation-check takes validation seeds only, not the test seeds {TEST_SEEDS}")
-    bench, loaded = Bench(threads=threads, steps=steps, log=log), load_sae(sae_path)
-    out = {"sae": os.path.basename(sae_path), "seeds": list(seeds), "steps": steps, "targets": {}, "kinds": {}}
+    bench, loaded = make_bench(model, dit_path, threads=threads, steps=steps, log=log), load_sae(sae_path)
+    out = {"model": model, "sae": os.path.basename(sae_path), "seeds": list(seeds), "steps": steps, "targets": {}, "kinds": {}}
     for kind, names in (("objects", data.OBJECTS), ("styles", data.STYLES)):
         for t in names:
             answers = _validation_answers(bench, loaded, t, seeds, mode="neuron")
@@ -793,8 +913,12 @@ def main(argv=None):
                     help="DDIM steps (15 keeps a full run under an hour on 2 CPU cores; the no-erasure row shows the model at this setting)")
     ap.add_argument("--taus", type=float, nargs="+", default=TAUS, help="SAeUron grid: score quantiles")
     ap.add_argument("--gammas", type=float, nargs="+", default=GAMMAS, help="SAeUron grid: multipliers")
-    ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "minicanvas.json"))
-    ap.add_argument("--plot", default=os.path.join(REPO, "benchmarks", "results", "minicanvas.png"))
+    ap.add_argument("--model", choices=("unet", "dit"), default="unet",
+                    help="the demo model measured: the UNet, or MiniCanvas-DiT (Flux layout; methods that need UNet "
+                         "block SAEs are skipped on it); each model has its own results files (dit: *_dit.json)")
+    ap.add_argument("--dit", default=str(DEFAULT_DIT), help="MiniCanvas-DiT weights (with --model dit)")
+    ap.add_argument("--out", help="default benchmarks/results/minicanvas.json (dit: minicanvas_dit.json)")
+    ap.add_argument("--plot", help="default benchmarks/results/minicanvas.png (dit: minicanvas_dit.png)")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--methods", nargs="*", choices=list(METHODS), help="limit to these methods (no erasure always runs)")
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
@@ -804,19 +928,33 @@ def main(argv=None):
     ap.add_argument("--merge", nargs="+", metavar="PART.json", help="merge results of runs on disjoint targets")
     ap.add_argument("--validation-check", type=int, nargs="+", metavar="SEED",
                     help="only the quick check of the shipped text SAE on these validation seeds (e.g. 501 502 503); "
-                         "writes benchmarks/results/validation_check.json")
+                         "writes benchmarks/results/validation_check.json (dit: validation_check_dit.json)")
     ap.add_argument("--attacks", action="store_true",
                     help="only the attacks part (attacks.py: a word prefix and an embedding against every method); "
-                         "writes benchmarks/results/attacks.json")
+                         "writes benchmarks/results/attacks.json (dit: attacks_dit.json)")
     args = ap.parse_args(argv)
+    args.out = args.out or result_path("minicanvas", args.model)
+    args.plot = args.plot or result_path("minicanvas", args.model, ".png")
+    try:
+        return _main(args, argv)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
+
+
+def result_path(name: str, model: str, ext: str = ".json") -> str:
+    """benchmarks/results/NAME.json for the UNet, NAME_dit.json for the DiT: one file per model."""
+    return os.path.join(REPO, "benchmarks", "results", name + ("" if model == "unet" else f"_{model}") + ext)
+
+
+def _main(args, argv):
     if args.attacks:
         result = _no_nan(run_attacks(args))
-        save_json_atomic(result, os.path.join(REPO, "benchmarks", "results", "attacks.json"))
+        save_json_atomic(result, result_path("attacks", args.model))
         return result
     if args.validation_check:
         result = validation_check(os.path.join(args.sae_dir, CONTEXT_SAE + ".safetensors"), args.validation_check,
-                                  threads=args.threads, steps=args.steps)
-        save_json_atomic(result, os.path.join(REPO, "benchmarks", "results", "validation_check.json"))
+                                  threads=args.threads, steps=args.steps, model=args.model, dit_path=args.dit)
+        save_json_atomic(result, result_path("validation_check", args.model))
         return result
     if args.merge:
         parts = []

