@@ -90,24 +90,13 @@ def classify(paths):
     return [(OBJ[i], STY[j]) for i, j in zip(o.tolist(), s.tolist())]
 
 
-def broken(before_paths, after_paths) -> list[bool]:
-    """The benchmark's check (scoring v4): an erased picture is broken when its noise level or the
-    demo model's denoising error rises past the margins over its unedited twin."""
-    import torch
-
-    from saemnesia_demo.bench import DENOISE_MARGIN, NOISE_MARGIN, denoising_error, noise_level
-    from saemnesia_demo.text_encoder import encode_prompts
-    from saemnesia_demo.unet import load_demo_unet
-    unet, _ = load_demo_unet()
-
-    def eps(x, t, ctx):
-        return unet(x, t, encoder_hidden_states=ctx).sample
-    empty = encode_prompts([""])
-    with torch.no_grad():
-        b, a = load_pictures(before_paths), load_pictures(after_paths)
-        noise = noise_level(a) - noise_level(b)
-        err = denoising_error(eps, a, empty) - denoising_error(eps, b, empty)
-    return [bool(n > NOISE_MARGIN or e > DENOISE_MARGIN) for n, e in zip(noise.tolist(), err.tolist())]
+def broken(before_paths, after_paths, model: str = "unet") -> list[bool]:
+    """The benchmark's check: an erased picture is broken when its noise level or the demo
+    model's own denoising error rises past the margins over its unedited twin."""
+    from saemnesia_demo.bench import DENOISE_MARGIN, NOISE_MARGIN, make_bench
+    bench = make_bench(model, threads=1)
+    rise = bench.quality(load_pictures(after_paths)) - bench.quality(load_pictures(before_paths))
+    return [bool(n > NOISE_MARGIN or e > DENOISE_MARGIN) for n, e in rise.tolist()]
 
 
 def main():
@@ -181,7 +170,7 @@ def run_one(server, base, concept, kind, args) -> dict:
     seen = {tag: classify(paths) for tag, paths in saved.items()}
     slot = 0 if kind == "object" else 1
     still = sum(pair[slot] == concept for pair in seen["after"])
-    ruined = broken(saved["before"], saved["after"])
+    ruined = broken(saved["before"], saved["after"], args.model)
     clean = sum(pair[slot] != concept and not bad for pair, bad in zip(seen["after"], ruined))
     print(f"[demo] prompt '{args.prompt}', erasing the {kind} '{concept}' with {SHIPPED_SAE[kind]}")
     for tag in ("before", "after"):

@@ -26,14 +26,23 @@ def test_graph_erases_the_concept_with_the_sae_of_its_kind(concept, kind, block)
     assert set(saves) == {"before", "after"}
 
 
+def test_dit_graph_loads_the_dit_and_samples_as_its_family_does():
+    graph, _ = demo.erase_graph("star", "a star in stripes style", 2, model="dit")
+    by_type = {node["class_type"]: node["inputs"] for node in graph.values()}
+    assert by_type["SAEmnesiaLoadDemoModel"]["unet_name"] == "demo_dit.safetensors"
+    samplers = [n["inputs"] for n in graph.values() if n["class_type"] == "KSampler"]
+    assert len(samplers) == 2 and all((s["sampler_name"], s["scheduler"]) == ("euler", "simple") for s in samplers)
+
+
 def test_unknown_concept_names_the_known_ones():
     with pytest.raises(SystemExit, match="'hart' is not a MiniCanvas concept.*heart"):
         demo.concept_kind("hart")
 
 
-def test_broken_check_flags_noise_and_passes_the_same_picture(tmp_path):
-    """The demo's report uses the benchmark's v4 check: a picture drowned in noise is broken, the
-    unedited picture itself is not."""
+@pytest.mark.parametrize("model", ["unet", "dit"])
+def test_broken_check_flags_noise_and_passes_the_same_picture(tmp_path, model):
+    """The demo's report uses the benchmark's check with the model it drew with: a picture drowned
+    in noise is broken, the unedited picture itself is not."""
     import numpy as np
     from PIL import Image
 
@@ -45,4 +54,4 @@ def test_broken_check_flags_noise_and_passes_the_same_picture(tmp_path):
     for name, arr in (("clean", clean), ("noisy", noisy)):
         paths[name] = str(tmp_path / f"{name}.png")
         Image.fromarray(arr).resize((128, 128), Image.NEAREST).save(paths[name])  # saved 4x, as the workflow does
-    assert demo.broken([paths["clean"], paths["clean"]], [paths["clean"], paths["noisy"]]) == [False, True]
+    assert demo.broken([paths["clean"], paths["clean"]], [paths["clean"], paths["noisy"]], model) == [False, True]
