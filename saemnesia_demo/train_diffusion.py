@@ -21,7 +21,6 @@ The run itself (images, checkpoints, signals, logs, EMA, export) is ``trainer.tr
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 
 from . import data
 from .sampling import alphas_cumprod
-from .trainer import ModelRecipe, add_training_arguments, train
+from .trainer import ModelRecipe, train, training_parser
 from .unet import build_unet, default_config, save_unet
 
 
@@ -71,9 +70,8 @@ def train_step(model, x0, ctx, acp, gen, snr_gamma: float, autocast: bool) -> to
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_training_arguments(ap, out="models/minicanvas/demo_unet.safetensors", work="scratch/minicanvas",
-                           max_steps=7000, lr=1e-3, warmup=200)
+    ap = training_parser(__doc__, out="models/minicanvas/demo_unet.safetensors", work="scratch/minicanvas",
+                         max_steps=7000, lr=1e-3, warmup=200)
     ap.add_argument("--snr-gamma", type=float, default=5.0)
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--heads", type=int, default=4)

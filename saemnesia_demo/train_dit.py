@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 
 from . import data
 from .dit import SAMPLING, MiniFlux, default_config, save_dit, shifted
-from .trainer import ModelRecipe, add_training_arguments, train
+from .trainer import ModelRecipe, train, training_parser
 from .vocabulary import TRAIN
 
 
@@ -73,9 +72,8 @@ def flow_loss(model: MiniFlux, x0: torch.Tensor, ctx: torch.Tensor, gen: torch.G
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_training_arguments(ap, out="models/minicanvas/demo_dit.safetensors", work="scratch/minicanvas_dit",
-                           max_steps=12000, lr=5e-4, warmup=300)
+    ap = training_parser(__doc__, out="models/minicanvas/demo_dit.safetensors", work="scratch/minicanvas_dit",
+                         max_steps=12000, lr=5e-4, warmup=300)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--double", type=int, default=2)

@@ -33,9 +33,11 @@ LOG_NAME = "train_log.jsonl"
 SHARED_HPARAMS = ("batch", "lr", "warmup", "ema", "cfg_drop")
 
 
-def add_training_arguments(ap: argparse.ArgumentParser, *, out: str, work: str, max_steps: int, lr: float,
-                           warmup: int) -> None:
-    """The command-line options :func:`train` reads, with this trainer's defaults."""
+def training_parser(description: str, *, out: str, work: str, max_steps: int, lr: float,
+                    warmup: int) -> argparse.ArgumentParser:
+    """A parser with the command-line options :func:`train` reads, with this trainer's defaults;
+    the trainer adds its model's own."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=out)
     ap.add_argument("--work", default=work)
     ap.add_argument("--export-only", action="store_true")
@@ -53,6 +55,7 @@ def add_training_arguments(ap: argparse.ArgumentParser, *, out: str, work: str, 
     ap.add_argument("--ckpt-minutes", type=float, default=5.0)
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--stop-after-steps", type=int, default=0, help="testing: exit without export after this many steps in this run")
+    return ap
 
 
 @dataclass(frozen=True)
