@@ -9,6 +9,8 @@ Submodules (import them directly; nothing heavy is imported here):
 * ``unet``               the demo SD1-layout UNet: config, ``load_demo_unet``
 * ``sampling``           SD1 schedule + plain-torch DDIM sampler with CFG
 * ``train_diffusion``    ``python -m saemnesia_demo.train_diffusion`` (resumable)
+* ``train_dit``          ``python -m saemnesia_demo.train_dit``: the Flux-layout DiT (``dit``)
+* ``trainer``            the training run both trainers share; ``weights``: their files
 * ``evaluate``           ``python -m saemnesia_demo.evaluate``
 
 See docs/minicanvas.md.

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .text_encoder import EMBED_DIM
+from .weights import ema_weights, save_export
 
 META_KEY = "minicanvas_dit"
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "models" / "minicanvas" / "demo_dit.safetensors"
@@ -279,14 +280,8 @@ def metadata_for(config: dict, training: dict | None = None) -> dict:
 
 def save_dit(state_dict: dict, path: str | os.PathLike, config: dict, training: dict | None = None,
              dtype: torch.dtype = torch.float16) -> None:
-    from safetensors.torch import save_file
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(metadata_for(config, training))})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    """Export ``state_dict`` (as ``dtype``) with the metadata of ``config`` and ``training``."""
+    save_export(state_dict, path, META_KEY, metadata_for(config, training), dtype)
 
 
 def load_demo_dit(path: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32):
@@ -302,7 +297,7 @@ def load_demo_dit(path: str | os.PathLike | None = None, dtype: torch.dtype = to
     elif "train_state" in md and json.loads(md["train_state"]).get("arch") == "dit":
         st = json.loads(md["train_state"])
         meta = metadata_for(st["config"], {"steps": st["step"], "seconds": st["elapsed"]})
-        sd = {k[4:]: v for k, v in sd.items() if k.startswith("ema.")}
+        sd = ema_weights(sd)
     else:
         raise ValueError(f"{path}: not a MiniCanvas DiT file (no '{META_KEY}' metadata)")
     model = MiniFlux(meta["flux_config"])

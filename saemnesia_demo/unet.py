@@ -27,6 +27,7 @@ import torch
 from saemnesia_core.checkpoint import diffusers_to_ldm
 
 from .text_encoder import EMBED_DIM, TOKEN_LENGTH
+from .weights import EMA_PREFIX, save_export, with_prefix
 
 META_KEY = "minicanvas_unet"
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "models" / "minicanvas" / "demo_unet.safetensors"
@@ -136,15 +137,8 @@ def metadata_for(config: dict, training: dict | None = None) -> dict:
 
 def save_unet(state_dict: dict, path: str | os.PathLike, config: dict, training: dict | None = None,
               dtype: torch.dtype = torch.float16) -> None:
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(metadata_for(config, training))})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    """Export ``state_dict`` (as ``dtype``) with the metadata of ``config`` and ``training``."""
+    save_export(state_dict, path, META_KEY, metadata_for(config, training), dtype)
 
 
 def load_demo_unet(path: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32,
@@ -165,12 +159,12 @@ def load_demo_unet(path: str | os.PathLike | None = None, dtype: torch.dtype = t
     elif "train_state" in md:  # a training checkpoint
         st = json.loads(md["train_state"])
         meta = metadata_for(st["config"], {"steps": st["step"], "seconds": st["elapsed"]})
-        prefix = "ema." if prefix is None else prefix
+        prefix = EMA_PREFIX if prefix is None else prefix
     else:
         raise ValueError(f"{path}: not a MiniCanvas UNet file (no '{META_KEY}' metadata)")
     sd = load_file(str(path))
     if prefix:
-        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        sd = with_prefix(sd, prefix)
     model = build_unet(meta["diffusers_config"])
     model.load_state_dict({k: v.float() for k, v in sd.items()})
     model.to(dtype).eval().requires_grad_(False)

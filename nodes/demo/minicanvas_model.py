@@ -45,6 +45,7 @@ from comfy.text_encoders.bert import BertModel
 from saemnesia_demo import dit as mc_dit
 from saemnesia_demo import text_encoder as te
 from saemnesia_demo import unet as mc_unet
+from saemnesia_demo.weights import ema_weights
 
 log = logging.getLogger("saemnesia")
 
@@ -79,6 +80,16 @@ def unet_files(folder: str | os.PathLike = MODELS_DIR) -> list[str]:
     return out
 
 
+def _read_safetensors(path: Path) -> tuple[dict, dict]:
+    """``(tensors, header metadata)`` of a model file; a clear error for an unreadable one."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            md = f.metadata() or {}
+        return load_file(str(path)), md
+    except Exception as e:
+        raise DemoModelError(f"{path}: not a readable safetensors file ({e}); re-export or restore it") from e
+
+
 def read_unet_file(path: str | os.PathLike) -> tuple[dict, dict]:
     """``(diffusers state dict (float tensors), metadata)`` of an export or a training
     checkpoint (its EMA weights). Safetensors only; clear errors for anything else."""
@@ -90,18 +101,13 @@ def read_unet_file(path: str | os.PathLike) -> tuple[dict, dict]:
             "'python -m saemnesia_demo.train_diffusion --export-only'.")
     if path.suffix != ".safetensors":
         raise DemoModelError(f"{path.name}: only .safetensors files are loaded")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            md = f.metadata() or {}
-        sd = load_file(str(path))
-    except Exception as e:
-        raise DemoModelError(f"{path}: not a readable safetensors file ({e}); re-export or restore it") from e
+    sd, md = _read_safetensors(path)
     if mc_unet.META_KEY in md:
         meta = json.loads(md[mc_unet.META_KEY])
     elif "train_state" in md:
         st = json.loads(md["train_state"])
         meta = mc_unet.metadata_for(st["config"], {"steps": st["step"], "seconds": st.get("elapsed")})
-        sd = {k[4:]: v for k, v in sd.items() if k.startswith("ema.")}
+        sd = ema_weights(sd)
     else:
         raise DemoModelError(f"{path.name}: not a MiniCanvas UNet file (no '{mc_unet.META_KEY}' metadata)")
     if "ldm_unet_config" not in meta:
@@ -220,17 +226,12 @@ class MiniCanvasDiTConfig(comfy.supported_models.Flux):
 def load_dit(path: str | os.PathLike, dtype: torch.dtype = torch.float32, clamp: bool = True):
     """MiniCanvas-DiT as a ComfyUI MODEL: its weights carry ComfyUI's Flux names as they are."""
     path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            md = f.metadata() or {}
-        sd = load_file(str(path))
-    except Exception as e:
-        raise DemoModelError(f"{path}: not a readable safetensors file ({e}); re-export or restore it") from e
+    sd, md = _read_safetensors(path)
     if mc_dit.META_KEY in md:
         flux_config = json.loads(md[mc_dit.META_KEY])["flux_config"]
     else:
         flux_config = json.loads(md["train_state"])["config"]
-        sd = {k[4:]: v for k, v in sd.items() if k.startswith("ema.")}
+        sd = ema_weights(sd)
     cfg = MiniCanvasDiTConfig(flux_config)
     cfg.set_inference_dtype(dtype, None)
     model = cfg.get_model({}, "").to(comfy.model_management.unet_offload_device())
