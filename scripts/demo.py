@@ -1,14 +1,14 @@
 """`make demo`: start the real ComfyUI with this pack, run the erase workflow on the bundled
 MiniCanvas demo model, and leave the before/after images in a folder.
 
-The graph is the shipped `example_workflows/api/erase_one_concept_minicanvas.json` (its UI twin is in
-ComfyUI's template browser): Load MiniCanvas Demo Model -> Load SAE -> Erase Concepts (mode
-auto) -> KSampler, next to the same KSampler on the untouched model. By default it erases the
-object "star", then the style "stripes", from "a star in stripes style", both with the shipped
-text-state SAE (one SAE for objects and styles, read by every cross-attention); `--concept`
-(repeatable) erases others. The shipped classifiers then say what each picture shows, and each
-erased picture is checked against its unedited twin as the benchmark does (broken = noise or
-blotches the demo model would not draw).
+The graph is the shipped `example_workflows/api/erase_one_concept_minicanvas.json` (with `--model dit`,
+`erase_one_concept_minicanvas_dit.json`; their UI twins are in ComfyUI's template browser):
+Load MiniCanvas Demo Model -> Load SAE -> Erase Concepts (mode auto) -> KSampler, next to the same
+KSampler on the untouched model. By default it erases the object "star", then the style "stripes",
+from "a star in stripes style", both with the shipped text-state SAE (one SAE for objects and
+styles, on the text states the model reads); `--concept` (repeatable) erases others. The shipped
+classifiers then say what each picture shows, and each erased picture is checked against its
+unedited twin as the benchmark does (broken = noise or blotches the demo model would not draw).
 """
 import argparse
 import json
@@ -22,11 +22,11 @@ sys.path.insert(0, REPO)
 
 from saemnesia_core.fileio import save_json_atomic  # noqa: E402
 from tools.comfy_server import ComfyServer  # noqa: E402
+from tools.workflows import DEMO_MODELS as MODELS  # noqa: E402
+from tools.workflows import api_path  # noqa: E402
 
-WORKFLOW = os.path.join(REPO, "example_workflows", "api", "erase_one_concept_minicanvas.json")
-# The two bundled demo models: file, and the sampler and scheduler of their family
-MODELS = {"unet": {"file": "demo_unet.safetensors", "sampler": "ddim", "scheduler": "ddim_uniform", "steps": 25},
-          "dit": {"file": "demo_dit.safetensors", "sampler": "euler", "scheduler": "simple", "steps": 20}}
+# per demo model, the shipped erase-one workflow that runs on it (its file, sampler and scheduler)
+WORKFLOWS = {"unet": api_path("erase_one_concept_minicanvas"), "dit": api_path("erase_one_concept_minicanvas_dit")}
 
 
 SHIPPED_SAE = {"object": "minicanvas_context_saemnesia.safetensors",
@@ -44,9 +44,9 @@ def concept_kind(concept: str) -> str:
 
 
 def erase_graph(concept: str, prompt: str, seeds: int, model: str = "unet") -> tuple[dict, dict]:
-    """The shipped workflow with the demo model, prompt, concept (and the SAE for its kind) and
+    """The model's shipped workflow with the prompt, concept (and the SAE for its kind) and
     batch size set; and its save nodes."""
-    with open(WORKFLOW, encoding="utf-8") as f:
+    with open(WORKFLOWS[model], encoding="utf-8") as f:
         graph = json.load(f)
     saves = {}
     for nid, node in graph.items():
@@ -57,11 +57,6 @@ def erase_graph(concept: str, prompt: str, seeds: int, model: str = "unet") -> t
             inputs["concepts"] = concept
         elif kind == "SAEmnesiaLoadSAE":
             inputs["sae_name"] = SHIPPED_SAE[concept_kind(concept)]
-        elif kind == "SAEmnesiaLoadDemoModel":
-            inputs["unet_name"] = MODELS[model]["file"]
-        elif kind == "KSampler":
-            inputs.update(sampler_name=MODELS[model]["sampler"], scheduler=MODELS[model]["scheduler"],
-                          steps=MODELS[model]["steps"])
         elif kind == "EmptyChromaRadianceLatentImage":
             inputs["batch_size"] = seeds
         elif kind == "SaveImage":
@@ -124,7 +119,7 @@ def main():
     try:
         if os.path.isdir(args.out):
             shutil.rmtree(args.out)
-        report = {"model": args.model, "prompt": args.prompt, "workflow": os.path.relpath(WORKFLOW, REPO), "runs": []}
+        report = {"model": args.model, "prompt": args.prompt, "workflow": os.path.relpath(WORKFLOWS[args.model], REPO), "runs": []}
         for concept, kind in zip(concepts, kinds):
             report["runs"].append(run_one(server, base, concept, kind, args))
         save_json_atomic(report, os.path.join(args.out, "report.json"))

@@ -311,7 +311,7 @@ def test_shipped_workflow_loads_and_matches_its_api_twin(server, tmp_path, name,
 
 
 def test_template_browser_lists_the_templates_in_order_with_thumbnails(server, tmp_path):
-    """The template browser (Comfy.BrowseTemplates) shows the pack's five templates with their
+    """The template browser (Comfy.BrowseTemplates) shows the pack's six templates with their
     own .jpg thumbnails; A → Z puts them in their numbered order (its default, "Newest" in 1.32 and
     "Default" in 1.58, keeps the server's file order); the first one opens onto the canvas at 100%
     (1.32), or (1.58, which frames a template whole) with every node on screen, drawn with its text."""

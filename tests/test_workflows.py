@@ -83,24 +83,33 @@ def test_api_twin_is_the_ui_graph(name):
         assert values == widgets, f"{name} node {nid} ({node['type']})"
 
 
-MINICANVAS = [n for n in wf.NAMES if n.endswith("_minicanvas")]
+MINICANVAS = [n for n in wf.NAMES if "_minicanvas" in n]
+# which bundled demo model each MiniCanvas workflow runs on: the UNet, or MiniCanvas-DiT for the _dit ones
+DEMO_MODEL = {n: "dit" if n.endswith("_dit") else "unet" for n in MINICANVAS}
+
+
+def test_both_demo_models_have_a_template():
+    assert sorted(set(DEMO_MODEL.values())) == sorted(wf.DEMO_MODELS)
+    assert wf.DEMO_MODELS["dit"]["file"] == "demo_dit.safetensors"
 
 
 @pytest.mark.parametrize("name", MINICANVAS)
 def test_minicanvas_workflows_run_unmodified_on_the_demo_model(name):
-    """Bundled model, its 32x32 pixel-space latent, the settings it was evaluated with, and only
-    SAEs the pack ships (or trains in the same graph)."""
+    """Bundled model, its 32x32 pixel-space latent, the settings it was evaluated with (DDIM for
+    the UNet, euler / simple as Flux for the DiT), and only SAEs the pack ships (or trains in the
+    same graph)."""
     ui, api = wf.load(name)
+    model = wf.DEMO_MODELS[DEMO_MODEL[name]]
     by_type = {}
     for n in api.values():
         by_type.setdefault(n["class_type"], []).append(n["inputs"])
-    assert [n["unet_name"] for n in by_type["SAEmnesiaLoadDemoModel"]] == [wf.DEMO_UNET]
+    assert [n["unet_name"] for n in by_type["SAEmnesiaLoadDemoModel"]] == [model["file"]]
     for lat in by_type["EmptyChromaRadianceLatentImage"]:
         assert (lat["width"], lat["height"]) == (32, 32)
     assert "EmptyLatentImage" not in by_type and "CheckpointLoaderSimple" not in by_type
     for k in by_type["KSampler"]:
         assert (k["sampler_name"], k["scheduler"], k["steps"], k["cfg"], k["denoise"]) == \
-               (wf.SAMPLER, wf.SCHEDULER, wf.STEPS, wf.CFG, 1)
+               (model["sampler"], model["scheduler"], model["steps"], wf.CFG, 1)
         assert k["seed"] == wf.SEED
     shipped = {wf.OBJECTS_SAE, wf.STYLES_SAE, wf.OBJECTS_SAE_SAEURON, wf.STYLES_SAE_SAEURON, wf.CONTEXT_SAE}
     assert {s["sae_name"] for s in by_type.get("SAEmnesiaLoadSAE", [])} <= shipped
@@ -112,7 +121,7 @@ def test_minicanvas_workflows_run_unmodified_on_the_demo_model(name):
 
 
 def test_erase_workflows_title_their_before_and_after_images():
-    for name in ("erase_one_concept_minicanvas", "train_then_erase_minicanvas"):
+    for name in ("erase_one_concept_minicanvas", "train_then_erase_minicanvas", "erase_one_concept_minicanvas_dit"):
         _, api = wf.load(name)
         titles = sorted(n["_meta"]["title"] for n in api.values() if n["class_type"] == "SaveImage")
         assert titles == ["After (star erased)", "Before"], name
@@ -123,6 +132,24 @@ def test_erase_workflows_title_their_before_and_after_images():
     assert sorted(e["concepts"] for e in erase.values()) == ["star", "star, heart", "stripes"]
     chained = next(e for e in erase.values() if e["concepts"] == "stripes")
     assert api[chained["model"][0]]["class_type"] == "SAEmnesiaEraseConcepts"  # B2 takes B1's MODEL
+
+
+def test_dit_template_mirrors_the_first_one_on_the_dit():
+    """Template 5 is template 1 (same graph, prompt, SAE and concept) on MiniCanvas-DiT, and its
+    note says what kind of model that is, which SAE it uses and what to look at."""
+    _, api1 = wf.load("erase_one_concept_minicanvas")
+    ui5, api5 = wf.load("erase_one_concept_minicanvas_dit")
+    sampling = {"unet_name", "sampler_name", "scheduler", "steps", "filename_prefix"}
+
+    def graph(api):
+        return {nid: (n["class_type"], {k: v for k, v in n["inputs"].items() if k not in sampling})
+                for nid, n in api.items()}
+    assert graph(api5) == graph(api1)
+    assert {n["inputs"]["filename_prefix"] for n in api5.values() if n["class_type"] == "SaveImage"} == \
+           {"SAEmnesia/erase_one_dit_before", "SAEmnesia/erase_one_dit_after"}  # not mixed with template 1's
+    (note,) = [n["widgets_values"][0] for n in ui5["nodes"] if n["type"] == "Note"]
+    for words in ("joint", "Flux's layout", wf.CONTEXT_SAE.removesuffix(".safetensors"), "euler", "Look at"):
+        assert words in note, words
 
 
 def test_template_browser_serves_the_folder():

@@ -103,8 +103,10 @@ DEMO_PX = 32 * wf.VIEW_SCALE  # the demo model's 32 px pictures, enlarged to be 
 MIN_CHANGE = 1.0  # mean |after - before| per image, 0..255; the run-to-run noise of one graph is 0
 
 
-def test_erase_one_concept(server):
-    name = "erase_one_concept_minicanvas"
+@pytest.mark.parametrize("name", ["erase_one_concept_minicanvas", "erase_one_concept_minicanvas_dit"])
+def test_erase_one_concept(server, name):
+    """On each bundled demo model (the UNet, and MiniCanvas-DiT in Flux's layout), erasing 'star'
+    with the shipped text-state SAE changes every picture of the batch."""
     require_saes(wf.load(name)[1])
     api, _, images = run(server, name)
     assert set(images) == {"Before", "After (star erased)"}

@@ -201,6 +201,11 @@ def erase_concept_sd15_saeuron() -> dict:
 # --------------------------------------------------------------------------- MiniCanvas demo model
 
 DEMO_UNET = "demo_unet.safetensors"
+DEMO_DIT = "demo_dit.safetensors"  # MiniCanvas-DiT: Flux's layout, joint attention (docs/minicanvas.md)
+# The two bundled demo models: their file, and the sampler, scheduler and steps they were
+# evaluated with (their family's: DDIM for the SD-layout UNet, euler / simple for the Flux-layout DiT)
+DEMO_MODELS = {"unet": {"file": DEMO_UNET, "sampler": "ddim", "scheduler": "ddim_uniform", "steps": 25},
+               "dit": {"file": DEMO_DIT, "sampler": "euler", "scheduler": "simple", "steps": 20}}
 OBJECTS_SAE = "minicanvas_objects_saemnesia.safetensors"
 STYLES_SAE = "minicanvas_styles_saemnesia.safetensors"
 CONTEXT_SAE = "minicanvas_context_saemnesia.safetensors"  # text states: objects and styles, every block
@@ -208,8 +213,9 @@ OBJECTS_SAE_SAEURON = "minicanvas_objects_saeuron.safetensors"
 STYLES_SAE_SAEURON = "minicanvas_styles_saeuron.safetensors"
 OBJECTS = "circle, square, triangle, cross, star, heart"
 STYLES = "solid, stripes, dots, checker, outline, gradient"
-# The settings the demo model was evaluated with (docs/minicanvas.md)
-SEED, STEPS, CFG, SAMPLER, SCHEDULER = 7, 25, 4.0, "ddim", "ddim_uniform"
+# The settings the demo models were evaluated with (docs/minicanvas.md); the UNet's sampler by default
+SEED, CFG = 7, 4.0
+STEPS, SAMPLER, SCHEDULER = (DEMO_MODELS["unet"][k] for k in ("steps", "sampler", "scheduler"))
 BATCH = 4  # a few seeds per picture: KSampler draws one noise per batch item
 VIEW_SCALE = 4  # 32 px pictures are enlarged (nearest: every pixel a 4x4 block) to be seen on the nodes
 
@@ -246,10 +252,10 @@ def _view(scale: float = 1.0) -> dict:
     return {"scale": scale, "offset": (round(70 / scale - LEFT), round(130 / scale - GROUP_TOP))}
 
 
-def _demo_base(g: UIGraph, prompts: list[tuple[str, str]], batch: int):
-    """Load MiniCanvas Demo Model, the prompts (+ an empty negative) and the 32x32 empty latent.
-    Returns (loader, {title: positive}, negative, latent)."""
-    loader = g.add("SAEmnesiaLoadDemoModel", (LEFT, 20), LOADER, [DEMO_UNET])
+def _demo_base(g: UIGraph, prompts: list[tuple[str, str]], batch: int, model: str = "unet"):
+    """Load MiniCanvas Demo Model (a DEMO_MODELS key), the prompts (+ an empty negative) and the
+    32x32 empty latent. Returns (loader, {title: positive}, negative, latent)."""
+    loader = g.add("SAEmnesiaLoadDemoModel", (LEFT, 20), LOADER, [DEMO_MODELS[model]["file"]])
     latent = g.add("EmptyChromaRadianceLatentImage", (LEFT, below(20, LOADER)), LATENT, [32, 32, batch],
                    title=f"32x32 pixel-space latent, {batch} seeds")
     positives, y = {}, 20
@@ -285,10 +291,13 @@ def _enlarge(g: UIGraph, pos, image):
                  links={"image": image})
 
 
-def _sample_and_save(g: UIGraph, x: int, y: int, model, positive, negative, latent, vae, title: str, prefix: str):
-    """KSampler (the demo model's settings, fixed seed) -> VAE Decode -> enlarge -> Save Image;
+def _sample_and_save(g: UIGraph, x: int, y: int, model, positive, negative, latent, vae, title: str, prefix: str,
+                     demo: str = "unet"):
+    """KSampler (the settings of demo model `demo`, fixed seed) -> VAE Decode -> enlarge -> Save Image;
     returns (KSampler, Save)."""
-    k = g.add("KSampler", (x, y), SAMPLER_SIZE, [SEED, "fixed", STEPS, CFG, SAMPLER, SCHEDULER, 1.0],
+    settings = DEMO_MODELS[demo]
+    k = g.add("KSampler", (x, y), SAMPLER_SIZE,
+              [SEED, "fixed", settings["steps"], CFG, settings["sampler"], settings["scheduler"], 1.0],
               title=f"KSampler ({title})",
               links={"model": model, "positive": (positive, 0), "negative": (negative, 0), "latent_image": (latent, 0)})
     dec = g.add("VAEDecode", (x, y + DECODE_DY), DECODE, links={"samples": (k, 0), "vae": vae})
@@ -320,17 +329,43 @@ ERASE_ONE_NOTE = (
 )
 
 
-def erase_one_concept_minicanvas() -> dict:
+ERASE_ONE_DIT_NOTE = (
+    "SAEmnesia on MiniCanvas-DiT: erase one concept on a joint-attention model\n\n"
+    "The second bundled demo model draws the same 6 objects in 6 styles, but it is a DiT in Flux's layout "
+    "(ComfyUI's own Flux classes, 1.8M parameters): 2 double-stream blocks, where text and image tokens attend "
+    "to each other and the text is rewritten as it goes, then 2 single-stream blocks. There is no cross-attention. "
+    "Load MiniCanvas Demo Model reads the architecture from the file. Rectified flow, sampled as Flux is: "
+    "euler, simple, 20 steps, CFG 4, a batch of 4, the same seeds in both columns.\n\n"
+    "Erase Concepts uses the same text-state SAE as the UNet template (minicanvas_context_saemnesia): "
+    "the DiT reads the same MiniLM text states, and the SAE edits them once, where they enter the model "
+    "(txt_in). The star's activation goes to its nearest concept (its anchor).\n\n"
+    "Look at: After should draw another shape in the same stripes, with no star left and no noise or blotches, "
+    "as template 1 does on the UNet: although every block lets text and image rewrite each other, an edit "
+    "made once at the input must hold through all of them. make demo DEMO_ARGS=\"--model dit\" runs this "
+    "graph and says what the shipped classifiers see. Try 'stripes', 'star -> heart', strength 0.5, another prompt."
+)
+# per demo model: (its note, the note's height, the word its Save Image prefixes carry)
+ERASE_ONE = {"unet": (ERASE_ONE_NOTE, 440, "erase_one"), "dit": (ERASE_ONE_DIT_NOTE, 500, "erase_one_dit")}
+
+
+def erase_one_concept_minicanvas(model: str = "unet") -> dict:
+    """Before and After Erase Concepts 'star' (text-state SAE) on demo model `model`."""
+    note, note_height, prefix = ERASE_ONE[model]
     g = UIGraph()
-    loader, pos, neg, latent = _demo_base(g, [("prompt", "a star in stripes style")], BATCH)
+    loader, pos, neg, latent = _demo_base(g, [("prompt", "a star in stripes style")], BATCH, model)
     sae = _load_sae(g, LEFT_FREE, CONTEXT_SAE, "text states")
     erase = _erase(g, (MID, mid_free(1)), "star", "Erase Concepts: star", (loader, 0), (sae, 0))
-    g.note((LEFT, below(LEFT_FREE, LOAD_SAE)), (330, 440), ERASE_ONE_NOTE)
-    for c, (title, model, tag) in enumerate((("Before", (loader, 0), "before"),
-                                             ("After (star erased)", (erase, 0), "after"))):
+    g.note((LEFT, below(LEFT_FREE, LOAD_SAE)), (330, note_height), note)
+    for c, (title, patched, tag) in enumerate((("Before", (loader, 0), "before"),
+                                               ("After (star erased)", (erase, 0), "after"))):
         x = _column(g, c, title, (BEFORE_COLOR, AFTER_COLOR)[c])
-        _sample_and_save(g, x, 20, model, pos["prompt"], neg, latent, (loader, 2), title, f"SAEmnesia/erase_one_{tag}")
+        _sample_and_save(g, x, 20, patched, pos["prompt"], neg, latent, (loader, 2), title,
+                         f"SAEmnesia/{prefix}_{tag}", model)
     return g.workflow(**_view())
+
+
+def erase_one_concept_minicanvas_dit() -> dict:
+    return erase_one_concept_minicanvas("dit")
 
 
 ERASE_SEVERAL_NOTE = (
@@ -447,6 +482,7 @@ BUILDERS = {
     "erase_several_concepts_minicanvas": erase_several_concepts_minicanvas,
     "inspect_neuron_minicanvas": inspect_neuron_minicanvas,
     "train_then_erase_minicanvas": train_then_erase_minicanvas,
+    "erase_one_concept_minicanvas_dit": erase_one_concept_minicanvas_dit,
     "erase_concept_sd15_saeuron": erase_concept_sd15_saeuron,
 }
 NAMES = list(BUILDERS)
@@ -458,7 +494,9 @@ TITLES = {
     "erase_several_concepts_minicanvas": "2 Erase several concepts, in one node or chained (demo model)",
     "inspect_neuron_minicanvas": "3 Inspect Neuron - where a concept fires (demo model)",
     "train_then_erase_minicanvas": "4 Train an SAE from prompts, then erase with it (demo model)",
-    "erase_concept_sd15_saeuron": "5 Your SD 1.5 - switch off an SAeUron SAE latent (needs downloads)",
+    "erase_one_concept_minicanvas_dit": "5 Erase one concept on a DiT, Flux layout (demo model)",
+    # last: the one that needs downloads
+    "erase_concept_sd15_saeuron": "6 Your SD 1.5 - switch off an SAeUron SAE latent (needs downloads)",
 }
 
 
