@@ -43,15 +43,18 @@ class LoadDemoModel(io.ComfyNode):
             node_id=f"{PREFIX}LoadDemoModel",
             display_name="Load MiniCanvas Demo Model",
             category=CATEGORY,
-            description="The bundled MiniCanvas demo model (32x32 px, 6 shapes x 6 styles, prompts like "
-                        "'a circle in stripes style'): UNet as MODEL, MiniLM text encoder as CLIP, pixel-space VAE. "
-                        "Use EmptyChromaRadianceLatentImage 32x32 as the empty latent. Loads offline, safetensors only.",
+            description="The bundled MiniCanvas demo models (32x32 px, 6 shapes x 6 styles, prompts like "
+                        "'a circle in stripes style'): the UNet (SD layout, sample with ddim / ddim_uniform) or "
+                        "MiniCanvas-DiT (Flux layout, sample with euler / simple) as MODEL, MiniLM text encoder as "
+                        "CLIP, pixel-space VAE. Use EmptyChromaRadianceLatentImage 32x32 as the empty latent. Loads "
+                        "offline, safetensors only.",
             inputs=[
                 io.Combo.Input("unet_name", options=choices,
                                default=DEFAULT_FILE if DEFAULT_FILE in choices else choices[0],
-                               tooltip="A MiniCanvas UNet file in the pack's models/minicanvas folder."),
+                               tooltip="A MiniCanvas model file in the pack's models/minicanvas folder: "
+                                       "demo_unet (SD layout) or demo_dit (Flux layout); the file says which."),
             ],
-            outputs=[io.Model.Output(tooltip="The demo UNet (32x32 px pixel space); wire to KSampler or Erase Concepts."),
+            outputs=[io.Model.Output(tooltip="The demo model (32x32 px pixel space); wire to KSampler or Erase Concepts."),
                      io.Clip.Output(tooltip="Its MiniLM text encoder, for CLIP Text Encode (prompts of at most 16 tokens)."),
                      io.Vae.Output(tooltip="ComfyUI's pixel-space VAE: VAE Decode turns the 32x32 latent into the picture.")],
         )
