@@ -837,6 +837,8 @@ def summarize(per_target: dict) -> dict:
 def plot(results: dict, path: str):
     from PIL import Image, ImageDraw
     methods = list(results["test"])
+    if not methods:  # a run of other sections only (seen, multi, sequential): nothing to draw
+        return
     kinds = ["objects", "styles"]
     w, h, pad = 1200, 300, 40
     img = Image.new("RGB", (w, h), "white")

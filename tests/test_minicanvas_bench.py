@@ -12,6 +12,8 @@ from saemnesia_demo.bench import (
     denoising_error,
     merge,
     noise_level,
+    plot,
+    views,
     record,
     summarize,
     unseen_rows,
@@ -126,6 +128,15 @@ def test_merged_worker_results_are_the_union_of_their_records():
     assert out["saeuron_search"]["settings_evaluated"] == 12 and len(out["saeuron_search"]["chosen"]) == 12
     assert out["sequential"]["word_filter"][0]["step"] == 1 and out["multi"]["styles_2"]["word_filter"]["UA"] == 20.0
     assert out["run"]["images"] == 30 and out["run"]["seconds"] == 3.0
+
+
+def test_a_run_of_other_sections_writes_no_plot_and_does_not_fail(tmp_path):
+    """A run of the seen, multi or sequential sections only has no test table to draw."""
+    out = views({"records": [rec("seen", "none", "star", 0.0), {**rec("multi", "none", "star", 0.0), "group": "g"}]})
+    plot(out, str(tmp_path / "p.png"))
+    assert not (tmp_path / "p.png").exists()
+    plot(views({"records": [rec("test", "none", "star", 0.0)]}), str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").exists()
 
 
 def test_unseen_rows_use_test_wordings_only():
