@@ -413,6 +413,10 @@ def pairs_for(targets) -> list[tuple[int, int]]:
     return list(dict.fromkeys(p for t in targets for p in validation_pairs(t)))
 
 
+# What a rewrite names when every concept of the kind is erased: words of neither vocabulary
+NO_ANCHOR = {"objects": "shape", "styles": "unnamed"}
+
+
 # --- methods: each returns the (block, fn) edits for a set of target concepts ------------------
 @dataclass
 class Methods:
@@ -453,7 +457,8 @@ class Methods:
             c = self.context_sae.blocks[0].index.concepts.get(concept)
             first = c.anchor if c is not None else None
         order = ([first] if first else []) + [names[(names.index(concept) + k) % len(names)] for k in range(1, len(names))]
-        return next(a for a in order if a not in avoid and a != concept)
+        # every concept of the kind erased (the last step of the sequential part): a word that names none
+        return next((a for a in order if a not in avoid and a != concept), NO_ANCHOR[kind_of(concept)])
 
     def word_filter(self, targets):
         """What a user can do without the pack: the name and its TRAIN synonyms -> the anchor's name."""
@@ -709,6 +714,8 @@ def run(args) -> dict:
         drawn = torch.stack([shows(base, t) for t in ts]).any(0)
         rec = record(section, name, ts, answers, drawn, **extra)
         out["records"].append(rec)
+        if getattr(args, "out", None):  # a run stopped or failed later keeps what it measured
+            save_json_atomic(_no_nan(out), partial_path(args.out))
         log(f"{section:10s} {name:17s} {'+'.join(ts):12s} " + " ".join(
             f"{k} {rec[k]}" for k in ("UA", "UA_drawn", "drawn", "IRA", "CRA", "failed")))
 
@@ -734,6 +741,11 @@ def run(args) -> dict:
                   "seconds": round(time.perf_counter() - t_start, 1), "threads": args.threads,
                   "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     return views(out)
+
+
+def partial_path(out: str) -> str:
+    """Where a run keeps the records it has finished while it runs (`views` of it gives the tables)."""
+    return os.path.splitext(out)[0] + ".partial.json"
 
 
 def views(out: dict) -> dict:
@@ -970,6 +982,8 @@ def _main(args, argv):
         results = run(args)
     results = _no_nan(results)
     save_json_atomic(results, args.out)
+    if os.path.exists(partial_path(args.out)):
+        os.remove(partial_path(args.out))
     plot(results, args.plot)
     print(f"wrote {args.out} and {args.plot}")
     return results
