@@ -158,6 +158,9 @@ def test_rewrite_baselines_send_the_concept_to_its_anchor():
     assert wf("poster: lone pentacle, plaid treatment") == "poster: lone pentacle, plaid treatment"  # TEST words pass
     assert oracle("poster: lone pentacle, plaid treatment") == f"poster: lone {a}, plaid treatment"
     assert METHODS["none"][1](m, ["star"]).is_empty
+    # every object erased at once (the sequential part's last step): a word that names no concept
+    everything = METHODS["word_filter"][1](m, list(data.OBJECTS)).rewrite("a starfish in zebra style")
+    assert everything.split()[1] not in data.OBJECTS and "star" not in everything
 
 
 def test_drawn_and_removed_counts_only_pictures_whose_twin_showed_the_target():
