@@ -13,11 +13,11 @@ from saemnesia_demo.bench import (
     merge,
     noise_level,
     plot,
-    views,
     record,
     summarize,
     unseen_rows,
     validation_pairs,
+    views,
 )
 from saemnesia_demo.text_encoder import encode_prompts
 from saemnesia_demo.unet import load_demo_unet
