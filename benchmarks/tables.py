@@ -202,6 +202,13 @@ def attacks(d):
             f"seeds {s['eval_seeds']} ({s['steps']} steps, CFG {s['cfg']}); time {d['time']}:\n\n" + "\n".join(rows))
 
 
+def attacks_per_model(unet, dit=None):
+    """The UNet's attack table, then the DiT's when it was measured."""
+    if dit is None:
+        return attacks(unet)
+    return f"**Demo UNet.** {attacks(unet)}\n\n**MiniCanvas-DiT.** {attacks(dit)}"
+
+
 SWAPS = {"context": "prompt without the concept's word, as every cross-attention reads it",
          "anchor": "prompt with the concept's word replaced by its anchor's",
          "tokens": "the concept word's token states replaced by the empty prompt's (K/V of every attn2)",
@@ -245,7 +252,7 @@ def _fill(path, jobs):
 def main():
     _fill(os.path.join(REPO, "README.md"), (("overhead", overhead), ("training", training),
                                             ("minicanvas", lambda d: minicanvas(d, _load("minicanvas_dit"))),
-                                            ("attacks", attacks)))
+                                            ("attacks", lambda d: attacks_per_model(d, _load("attacks_dit")))))
     _fill(os.path.join(REPO, "docs", "minicanvas.md"), (("ceilings", ceilings),))
 
 

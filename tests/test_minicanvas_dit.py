@@ -287,3 +287,20 @@ def test_the_readme_table_gets_a_dit_column_group_only_when_the_dit_was_measured
     assert "| objects 2 (DiT) | " in table and "55.5 / 1 / 2" in table
     assert "(DiT) |" in rows["| objects erased"] and "66.6 / 3 / 4" in table
     assert "demo_dit.safetensors` after 9 training steps" in table
+
+
+def test_the_attack_table_adds_the_dit_only_when_it_was_attacked():
+    import importlib.util
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("tables", repo / "benchmarks" / "tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+
+    def run(ua):
+        mean = {k: {a: {"UA": ua} for a in ("none", "words", "embedding")} for k in ("objects", "styles")}
+        return {"settings": {"kinds": ["words", "embedding"], "eval_seeds": [0], "steps": 15, "cfg": 4.0},
+                "methods": {"word_filter": {"mean": mean}}, "time": "1 s"}
+    assert tables.attacks_per_model(run(11.0)) == tables.attacks(run(11.0))
+    both = tables.attacks_per_model(run(11.0), run(22.0))
+    assert both.index("**Demo UNet.**") < both.index("| 11.0") < both.index("**MiniCanvas-DiT.**") < both.index("| 22.0")
