@@ -198,8 +198,16 @@ def attacks(d):
         cells = [_v(m["mean"].get(k, {}).get(a, {}).get("UA")) for k in ("objects", "styles") for a in ("none", *kinds)]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     s = d["settings"]
-    return (f"Attacks fitted on seeds that are never test seeds, on TRAIN prompts; UA of the attacked prompts at "
-            f"seeds {s['eval_seeds']} ({s['steps']} steps, CFG {s['cfg']}); time {d['time']}:\n\n" + "\n".join(rows))
+    measured = list(d.get("targets", {}))
+    on = f"Concepts attacked: {', '.join(measured)} (each method x concept is a fit of its own). " if measured else ""
+    return (on + f"Attacks fitted on seeds that are never test seeds, on TRAIN prompts; UA of the attacked prompts at "
+            f"seeds {s['eval_seeds']} ({s['steps']} steps, CFG {s['cfg']}); {_took(d['time'])}:\n\n" + "\n".join(rows))
+
+
+def _took(time) -> str:
+    if isinstance(time, dict) and "seconds" in time:
+        return f"{time['seconds']:.0f} s ({time.get('cpu_seconds', 0):.0f} CPU s)"
+    return f"time {time}"
 
 
 def attacks_per_model(unet, dit=None):
