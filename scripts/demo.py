@@ -11,6 +11,7 @@ classifiers then say what each picture shows, and each erased picture is checked
 unedited twin as the benchmark does (broken = noise or blotches the demo model would not draw).
 """
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -85,11 +86,18 @@ def classify(paths):
     return [(OBJ[i], STY[j]) for i, j in zip(o.tolist(), s.tolist())]
 
 
+@functools.lru_cache(maxsize=None)
+def _judge(model: str):
+    """The benchmark's model and classifiers, loaded once for all of a demo's runs."""
+    from saemnesia_demo.bench import make_bench
+    return make_bench(model, threads=1)
+
+
 def broken(before_paths, after_paths, model: str = "unet") -> list[bool]:
     """The benchmark's check: an erased picture is broken when its noise level or the demo
     model's own denoising error rises past the margins over its unedited twin."""
-    from saemnesia_demo.bench import DENOISE_MARGIN, NOISE_MARGIN, make_bench
-    bench = make_bench(model, threads=1)
+    from saemnesia_demo.bench import DENOISE_MARGIN, NOISE_MARGIN
+    bench = _judge(model)
     rise = bench.quality(load_pictures(after_paths)) - bench.quality(load_pictures(before_paths))
     return [bool(n > NOISE_MARGIN or e > DENOISE_MARGIN) for n, e in rise.tolist()]
 
